@@ -1,0 +1,62 @@
+# pycni: `make test` is the one test command (root: the kernel tests use network namespaces).
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+DESTDIR ?=
+SOURCES := $(shell find pycni plugins ipam meta -name '*.py') build/pycni.spec build/entry.py
+
+.PHONY: all venv build cnitool install test test-fast lint bench stress clean
+
+all: build
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $@
+
+# dist/bin: the onedir bundle plus one link per implemented CNI type.
+build: dist/bin/.built
+dist/bin/.built: $(SOURCES) | venv
+	rm -rf build/stage build/work && mkdir -p build/stage
+	cp -r pycni build/stage/pycni
+	cp -r plugins build/stage/pycni/plugins
+	cp -r ipam build/stage/pycni/ipam
+	cp -r meta build/stage/pycni/meta
+	find build/stage -name __pycache__ -prune -exec rm -rf {} +
+	$(PYTHON) -m PyInstaller --noconfirm --log-level WARN --distpath build/work/dist \
+		--workpath build/work/tmp build/pycni.spec
+	rm -rf dist/bin && mkdir -p dist/bin
+	mv build/work/dist/pycni dist/bin/pycni.bundle
+	for type in $$(PYTHONPATH=build/stage $(PYTHON) -c \
+		'from pycni import registry; print(*sorted(registry.PLUGINS))'); do \
+		ln -s pycni.bundle/pycni dist/bin/$$type; done
+	touch $@
+
+# The conformance runtime: a cnitool built against Debian's libcni.
+cnitool: dist/cnitool
+dist/cnitool: conformance/cnitool/main.go conformance/build-cnitool.sh
+	bash conformance/build-cnitool.sh dist/cnitool
+
+install: build
+	$(PYTHON) -m pycni.install --from dist/bin --to $(DESTDIR)/opt/cni/bin
+
+test: build cnitool
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests -m 'not conformance'
+
+lint: venv
+	$(VENV)/bin/ruff check pycni plugins ipam meta tests conformance
+	$(VENV)/bin/mypy
+
+bench: build cnitool
+	$(PYTHON) conformance/bench.py --rounds 200
+
+stress: build cnitool
+	@echo "no stress suite yet"; exit 1
+
+clean:
+	rm -rf dist build/stage build/work

@@ -1,0 +1,5 @@
+"""Frozen entry point: one program for every plugin name."""
+
+from pycni.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Meta plugins: delegating and chained plugins."""

@@ -1,0 +1,3 @@
+from pycni.main import main
+
+main()

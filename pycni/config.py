@@ -1,0 +1,93 @@
+"""Network configuration: the pydantic base model, CNI_ARGS, and the override order.
+
+Overrides apply in the spec's order, later winning: the config file, then `CNI_ARGS`, then
+`args.cni`, then `runtimeConfig` (capability arguments the runtime filled in).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+from pycni.errors import InvalidConfig, InvalidEnvironment, UnsupportedField
+from pycni.skel import CmdArgs
+
+# Keys kubelet passes in CNI_ARGS; every plugin accepts them.
+K8S_ARGS = frozenset({"K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID",
+                      "K8S_POD_UID", "IgnoreUnknown"})
+
+
+class NetConf(BaseModel):
+    """Keys every plugin config has. Unknown keys are kept (`model_extra`)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    cni_version: str = "0.1.0"
+    name: str = ""
+    type: str = ""
+    capabilities: dict[str, bool] = {}
+    ipam: dict[str, Any] | None = None
+    dns: dict[str, Any] | None = None
+    args: dict[str, Any] | None = None
+    runtime_config: dict[str, Any] = {}
+    prev_result: dict[str, Any] | None = None
+
+
+class Override(NamedTuple):
+    """Where a config field may also come from (None: not from there)."""
+
+    cni_args: str | None = None  # key in CNI_ARGS
+    args_cni: str | None = None  # key in the config's args.cni
+    runtime: str | None = None  # key in runtimeConfig
+
+
+def parse_cni_args(raw: str, known: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+    """`K=V;K=V` into a dict. Unknown keys are refused unless `IgnoreUnknown` is true."""
+    pairs: dict[str, str] = {}
+    for item in raw.split(";"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidEnvironment(f"CNI_ARGS: invalid pair {item!r}, expected KEY=VALUE")
+        pairs[key] = value
+    ignore_unknown = pairs.get("IgnoreUnknown", "").lower() in ("1", "true")
+    if not ignore_unknown:
+        unknown = sorted(set(pairs) - K8S_ARGS - set(known))
+        if unknown:
+            raise UnsupportedField(f"CNI_ARGS: unknown argument {unknown[0]!r}",
+                                   "set IgnoreUnknown=1 to ignore arguments a plugin does not use")
+    return pairs
+
+
+M = TypeVar("M", bound=NetConf)
+
+
+def load(model: type[M], args: CmdArgs, overrides: dict[str, Override] | None = None) -> M:
+    """Validate the config into `model`, after applying overrides in the spec's order."""
+    data: dict[str, Any] = dict(args.conf)
+    overrides = overrides or {}
+    cni_args = parse_cni_args(args.args, {o.cni_args for o in overrides.values() if o.cni_args})
+    args_cni = (data.get("args") or {}).get("cni") or {}
+    runtime = data.get("runtimeConfig") or {}
+    if not isinstance(args_cni, dict) or not isinstance(runtime, dict):
+        raise InvalidConfig("args.cni and runtimeConfig must be JSON objects")
+    for field, source in overrides.items():
+        key = model.model_fields[field].alias or field if field in model.model_fields else field
+        for value, present in (
+            (cni_args.get(source.cni_args or ""), source.cni_args in cni_args),
+            (args_cni.get(source.args_cni or ""), source.args_cni in args_cni),
+            (runtime.get(source.runtime or ""), source.runtime in runtime),
+        ):
+            if present:
+                data[key] = value
+    data["cniVersion"] = args.cni_version
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise InvalidConfig(f"invalid network config: {where}: {first['msg']}",
+                            f"{exc.error_count()} problem(s)") from None

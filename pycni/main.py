@@ -1,0 +1,61 @@
+"""The one program behind every plugin name (busybox style).
+
+`/opt/cni/bin/<type>` links to the bundle's executable; the name it was called by picks the
+plugin. Called as `pycni`, it is the admin command: `pycni <type>` runs a plugin by type,
+`pycni version`, `pycni types`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pycni import registry
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv if argv is None else argv
+    called_as = os.path.basename(argv[0])
+    if called_as in registry.PLUGINS:
+        run_plugin(called_as)
+    sys.exit(admin(argv[1:]))
+
+
+def run_plugin(plugin_type: str) -> None:
+    """Run as the plugin `plugin_type`. VERSION is answered without loading the plugin."""
+    if os.environ.get("CNI_COMMAND") == "VERSION":
+        from pycni import spec
+
+        sys.stdout.write(spec.version_json(registry.versions(plugin_type)))
+        sys.exit(0)
+    from pycni import skel
+
+    skel.main(registry.load(plugin_type))
+
+
+def admin(args: list[str]) -> int:
+    from pycni import __version__
+
+    if not args or args[0] in ("-h", "--help", "help"):
+        print("usage: pycni <type> | version | types\n"
+              "  <type>   run the plugin of that CNI type (CNI_* environment, config on stdin)\n"
+              "  version  print pycni's version and the CNI versions it speaks\n"
+              "  types    list the CNI types this build provides")
+        return 0 if args else 2
+    command = args[0]
+    if command in registry.PLUGINS:
+        run_plugin(command)
+    if command == "version":
+        from pycni import spec
+
+        print(f"pycni {__version__} (CNI {', '.join(spec.ALL)})")
+        return 0
+    if command == "types":
+        print("\n".join(sorted(registry.PLUGINS)))
+        return 0
+    print(f"pycni: unknown command {command!r} (try: pycni help)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    main()

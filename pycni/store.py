@@ -1,0 +1,114 @@
+"""State on the node: one directory per network, a lock per network, atomic writes.
+
+Keys become file names, so they are validated: nothing a caller passes can escape the
+directory (`..`, `/`, NUL) or hide (leading dot).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from pycni.errors import InvalidConfig, IOFailure
+
+DEFAULT_ROOT = "/var/lib/cni"
+LOCK_NAME = "lock"
+
+
+def check_key(key: str, what: str = "key") -> str:
+    ok = (0 < len(key) <= 255 and key[0].isascii() and key[0].isalnum()
+          and all(c.isascii() and (c.isalnum() or c in "_.-:") for c in key))
+    if not ok:
+        raise InvalidConfig(f"invalid {what} {key!r}: letters, digits, '_', '.', '-', ':' only,"
+                            " starting with a letter or digit")
+    return key
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise IOFailure(f"failed to write {path}: {exc.strerror}") from None
+
+
+class Store:
+    """Files under `<root>/<network>/`, guarded by `<root>/<network>/lock`."""
+
+    def __init__(self, root: str, network: str) -> None:
+        self.directory = os.path.join(root, check_key(network, "network name"))
+
+    def _ensure(self) -> None:
+        try:
+            os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise IOFailure(f"failed to create {self.directory}: {exc.strerror}") from None
+        if not os.path.isdir(self.directory):
+            raise IOFailure(f"{self.directory} is not a directory")
+
+    @contextmanager
+    def locked(self) -> Iterator[Store]:
+        """Hold the network's lock (an flock, released if the process dies)."""
+        import fcntl
+
+        self._ensure()
+        path = os.path.join(self.directory, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise IOFailure(f"failed to open lock {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.directory, check_key(key))
+
+    def write(self, key: str, data: bytes) -> None:
+        self._ensure()
+        write_atomic(self.path(key), data)
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            with open(self.path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise IOFailure(f"failed to read {self.path(key)}: {exc.strerror}") from None
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self.path(key))
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise IOFailure(f"failed to remove {self.path(key)}: {exc.strerror}") from None
+
+    def keys(self) -> list[str]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n != LOCK_NAME and not n.startswith("."))
