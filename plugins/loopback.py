@@ -11,23 +11,17 @@ from pycni.result import Interface, IPConfig, Result
 from pycni.skel import CmdArgs, Plugin
 
 
-def _in_pod(args: CmdArgs, action: str) -> list[str]:
-    """Run `action` ("up", "down", "check") on the interface inside the pod; its addresses."""
-    with netns.entered(args.netns):
-        try:
-            if action == "check":
-                if not ifflags.is_up(args.ifname):
-                    raise CNIError(f"loopback interface {args.ifname!r} is down")
-                return []
-            ifflags.set_up(args.ifname, up=(action == "up"))
-            return ifflags.addresses(args.ifname) if action == "up" else []
-        except OSError as exc:
-            raise CNIError(f"failed to set {args.ifname!r} {action} in {args.netns!r}: "
-                           f"{exc.strerror}") from None
+def _failed(args: CmdArgs, what: str, exc: OSError) -> CNIError:
+    return CNIError(f"failed to {what} {args.ifname!r} in {args.netns!r}: {exc.strerror}")
 
 
 def cmd_add(args: CmdArgs) -> Result:
-    addresses = _in_pod(args, "up")
+    with netns.entered(args.netns):
+        try:
+            ifflags.set_up(args.ifname)
+            addresses = ifflags.addresses(args.ifname)
+        except OSError as exc:
+            raise _failed(args, "bring up", exc) from None
     prev = args.prev_result
     if prev is not None:
         return prev
@@ -38,12 +32,23 @@ def cmd_add(args: CmdArgs) -> Result:
 
 
 def cmd_del(args: CmdArgs) -> None:
-    if args.netns and netns.exists(args.netns):
-        _in_pod(args, "down")
+    if not args.netns or not netns.exists(args.netns):
+        return  # the pod's namespace is gone, and its lo with it
+    with netns.entered(args.netns):
+        try:
+            ifflags.set_up(args.ifname, up=False)
+        except OSError as exc:
+            raise _failed(args, "bring down", exc) from None
 
 
 def cmd_check(args: CmdArgs) -> None:
-    _in_pod(args, "check")
+    with netns.entered(args.netns):
+        try:
+            up = ifflags.is_up(args.ifname)
+        except OSError as exc:
+            raise _failed(args, "find", exc) from None
+    if not up:
+        raise CNIError(f"loopback interface {args.ifname!r} is down in {args.netns!r}")
 
 
 def cmd_status(args: CmdArgs) -> None:

@@ -10,12 +10,15 @@ import os
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
     import logging
+    from typing import IO
 
-_configured = False
+_configured: tuple[str | None, object] | None = None  # (file, stream) of the current setup
 
 
-def setup(level: str | None = None, file: str | None = None) -> logging.Logger:
-    """Configure the `pycni` logger; environment PYCNI_LOG_LEVEL / PYCNI_LOG_FILE by default."""
+def setup(level: str | None = None, file: str | None = None,
+          stream: IO[str] | None = None) -> logging.Logger:
+    """Configure the `pycni` logger: to `file` (default PYCNI_LOG_FILE) or else to `stream`
+    (default stderr), at `level` (default PYCNI_LOG_LEVEL, else WARNING)."""
     import logging
     import sys
 
@@ -23,8 +26,9 @@ def setup(level: str | None = None, file: str | None = None) -> logging.Logger:
     logger = logging.getLogger("pycni")
     level = level or os.environ.get("PYCNI_LOG_LEVEL") or "WARNING"
     file = file or os.environ.get("PYCNI_LOG_FILE")
+    stream = stream or sys.stderr
     handler: logging.Handler = (
-        logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr))
+        logging.FileHandler(file) if file else logging.StreamHandler(stream))
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s %(levelname)s {os.path.basename(sys.argv[0])}[%(process)d] %(message)s"))
     for old in list(logger.handlers):
@@ -33,13 +37,14 @@ def setup(level: str | None = None, file: str | None = None) -> logging.Logger:
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
-    _configured = True
+    _configured = (file, stream)
     return logger
 
 
-def get() -> logging.Logger:
+def get(stream: IO[str] | None = None) -> logging.Logger:
+    """The `pycni` logger; `stream` is where a run's logs go when no log file is set."""
     import logging
 
-    if not _configured:
-        return setup()
+    if _configured is None or (_configured[0] is None and stream and _configured[1] is not stream):
+        return setup(stream=stream)
     return logging.getLogger("pycni")

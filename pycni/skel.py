@@ -204,7 +204,7 @@ def run(plugin: Plugin, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO
     except Exception as exc:  # noqa: BLE001 - the spec wants every failure as JSON
         from pycni import log
 
-        log.get().error("unexpected error in %s", command, exc_info=True)
+        log.get(stderr).error("unexpected error in %s", command, exc_info=True)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _print(stdout, CNIError(message).to_dict(cni_version))
         return 1

@@ -16,7 +16,8 @@ DEFAULT = "0.1.0"  # what a config without cniVersion means
 def parse(version: str) -> tuple[int, int, int]:
     """'1.0.0' -> (1, 0, 0); anything else is an incompatible version."""
     parts = version.split(".") if isinstance(version, str) else []
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    # isascii: str.isdigit also accepts '²' and other scripts' digits, which int() rejects
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
         raise IncompatibleVersion(f"invalid version {version!r}: expected MAJOR.MINOR.PATCH")
     return int(parts[0]), int(parts[1]), int(parts[2])
 
