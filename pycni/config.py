@@ -70,7 +70,10 @@ def load(model: type[M], args: CmdArgs, overrides: dict[str, Override] | None = 
     data: dict[str, Any] = dict(args.conf)
     overrides = overrides or {}
     cni_args = parse_cni_args(args.args, {o.cni_args for o in overrides.values() if o.cni_args})
-    args_cni = (data.get("args") or {}).get("cni") or {}
+    args_section = data.get("args") or {}
+    if not isinstance(args_section, dict):
+        raise InvalidConfig("args must be a JSON object")
+    args_cni = args_section.get("cni") or {}
     runtime = data.get("runtimeConfig") or {}
     if not isinstance(args_cni, dict) or not isinstance(runtime, dict):
         raise InvalidConfig("args.cni and runtimeConfig must be JSON objects")

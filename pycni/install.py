@@ -40,6 +40,7 @@ def install(source_bin: str, target_bin: str) -> str:
                    if os.path.islink(os.path.join(source_bin, n)))
     os.makedirs(target_bin, exist_ok=True)
     name = f"{BUNDLE_PREFIX}{__version__}-{bundle_digest(bundle)}"
+    in_use = _linked_bundles(target_bin, types) - {name}
     final = os.path.join(target_bin, name)
     if not os.path.isdir(final):
         staging = os.path.join(target_bin, f".staging-{name}-{os.getpid()}")
@@ -52,11 +53,27 @@ def install(source_bin: str, target_bin: str) -> str:
             os.unlink(tmp)
         os.symlink(os.path.join(name, "pycni"), tmp)
         os.replace(tmp, link)
-    _prune(target_bin, keep={name, _previous(target_bin, name)})
+    _prune(target_bin, keep={name, *(in_use or {_previous(target_bin, name)})})
     return final
 
 
+def _linked_bundles(target_bin: str, types: list[str]) -> set[str]:
+    """The bundles the links point into before the swap: what running processes use."""
+    found: set[str] = set()
+    for plugin_type in types:
+        try:
+            target = os.readlink(os.path.join(target_bin, plugin_type))
+        except OSError:
+            continue  # no link yet, or a regular file
+        head = target.split("/", 1)[0]
+        if head.startswith(BUNDLE_PREFIX):
+            found.add(head)
+    return found
+
+
 def _previous(target_bin: str, current: str) -> str:
+    """The newest other bundle, when no link says which one was in use (the directories'
+    times are the build's, copied by copytree, not the install's)."""
     bundles = [n for n in os.listdir(target_bin) if n.startswith(BUNDLE_PREFIX) and n != current]
     bundles.sort(key=lambda n: os.stat(os.path.join(target_bin, n)).st_mtime)
     return bundles[-1] if bundles else ""

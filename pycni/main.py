@@ -40,7 +40,8 @@ def admin(args: list[str]) -> int:
         print("usage: pycni <type> | version | types\n"
               "  <type>   run the plugin of that CNI type (CNI_* environment, config on stdin)\n"
               "  version  print pycni's version and the CNI versions it speaks\n"
-              "  types    list the CNI types this build provides")
+              "  types    list the CNI types this build provides",
+              file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     command = args[0]
     if command in registry.PLUGINS:

@@ -21,6 +21,20 @@ def _drop_none(d: Json) -> Json:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _get(d: Json, key: str, kind: type, required: bool = False) -> Any:
+    """`d[key]` when it has the JSON type `kind`; absent or null is None unless required.
+
+    A wrong type is a TypeError, which `Result.from_dict` reports as a decode failure, so a
+    malformed delegate result is refused when read, not when a plugin trips over it later.
+    """
+    value = d[key] if required else d.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind):
+        raise TypeError(f"{key!r} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
 def ip_version(address: str) -> str:
     return "6" if ":" in address else "4"
 
@@ -49,8 +63,9 @@ class Interface:
 
     @classmethod
     def from_dict(cls, d: Json) -> Interface:
-        return cls(d["name"], d.get("mac", ""), d.get("sandbox", ""), d.get("mtu"),
-                   d.get("socketPath"), d.get("pciID"))
+        return cls(_get(d, "name", str, required=True), _get(d, "mac", str) or "",
+                   _get(d, "sandbox", str) or "", _get(d, "mtu", int),
+                   _get(d, "socketPath", str), _get(d, "pciID", str))
 
 
 class IPConfig:
@@ -70,7 +85,8 @@ class IPConfig:
 
     @classmethod
     def from_dict(cls, d: Json) -> IPConfig:
-        return cls(d["address"], d.get("gateway"), d.get("interface"))
+        return cls(_get(d, "address", str, required=True), _get(d, "gateway", str),
+                   _get(d, "interface", int))
 
 
 class Route:
@@ -93,8 +109,9 @@ class Route:
 
     @classmethod
     def from_dict(cls, d: Json) -> Route:
-        return cls(d["dst"], d.get("gw"), d.get("mtu"), d.get("advmss"), d.get("priority"),
-                   d.get("table"), d.get("scope"))
+        return cls(_get(d, "dst", str, required=True), _get(d, "gw", str), _get(d, "mtu", int),
+                   _get(d, "advmss", int), _get(d, "priority", int), _get(d, "table", int),
+                   _get(d, "scope", int))
 
 
 class Result:
@@ -122,27 +139,31 @@ class Result:
         """Parse a result of any version into the newest form."""
         if not isinstance(d, dict):
             raise DecodeFailure("result must be a JSON object")
+        # Decide by shape first: a result without cniVersion (0.1.0 by default) that has
+        # `ips` or `interfaces` is the current form, and parsing it as legacy would lose them.
+        current = spec.at_least(d.get("cniVersion") or spec.DEFAULT, "0.3.0")
         try:
-            if "ip4" in d or "ip6" in d or not spec.at_least(d.get("cniVersion", "0.1.0"), "0.3.0"):
+            if "ip4" in d or "ip6" in d or not (current or "ips" in d or "interfaces" in d):
                 return _from_legacy(d)
             return cls(
-                [Interface.from_dict(i) for i in d.get("interfaces") or []],
-                [IPConfig.from_dict(i) for i in d.get("ips") or []],
-                [Route.from_dict(r) for r in d.get("routes") or []],
-                d.get("dns") or {},
+                [Interface.from_dict(i) for i in _get(d, "interfaces", list) or []],
+                [IPConfig.from_dict(i) for i in _get(d, "ips", list) or []],
+                [Route.from_dict(r) for r in _get(d, "routes", list) or []],
+                _get(d, "dns", dict) or {},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise DecodeFailure("malformed result", f"{type(exc).__name__}: {exc}") from exc
 
 
 def _from_legacy(d: Json) -> Result:
-    result = Result(dns=d.get("dns") or {})
+    result = Result(dns=_get(d, "dns", dict) or {})
     for key in ("ip4", "ip6"):
-        block = d.get(key)
+        block = _get(d, key, dict)
         if not block:
             continue
-        result.ips.append(IPConfig(block["ip"], block.get("gateway")))
-        result.routes.extend(Route.from_dict(r) for r in block.get("routes") or [])
+        result.ips.append(IPConfig(_get(block, "ip", str, required=True),
+                                   _get(block, "gateway", str)))
+        result.routes.extend(Route.from_dict(r) for r in _get(block, "routes", list) or [])
     return result
 
 

@@ -28,9 +28,12 @@ def check_key(key: str, what: str = "key") -> str:
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one."""
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    # Bounded length (a 255-character key must still leave room for the temp name) and
+    # unique per call (two threads writing one key must not share a temp file).
+    tmp = os.path.join(directory, f".{os.path.basename(path)[:64]}.{os.getpid()}."
+                                  f"{os.urandom(4).hex()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             view = memoryview(data)
             while view:
@@ -111,4 +114,6 @@ class Store:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise IOFailure(f"failed to list {self.directory}: {exc.strerror}") from None
         return sorted(n for n in names if n != LOCK_NAME and not n.startswith("."))

@@ -50,7 +50,8 @@ class Outcome:
         return data  # type: ignore[no-any-return]
 
     def ok(self) -> Any:
-        assert self.status == 0, f"status {self.status}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+        assert self.status == 0, (
+            f"status {self.status}\nstdout: {self.stdout}\nstderr: {self.stderr}")
         return self.json() if self.stdout.strip() else None
 
 
