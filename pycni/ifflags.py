@@ -8,12 +8,12 @@ anything richer goes through pyroute2 (`pycni.netns.ipr`). Call inside `netns.en
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import socket
 import struct
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
+SIOCGIFCONF = 0x8912
 SIOCGIFADDR = 0x8915
 SIOCGIFNETMASK = 0x891B
 IFF_UP = 0x1
@@ -46,13 +46,32 @@ def set_up(name: str, up: bool = True) -> None:
         _ioctl(SIOCSIFFLAGS, name, struct.pack("H", wanted))
 
 
+def ipv4_addresses(name: str) -> list[str]:
+    """Every IPv4 address on the interface (bare, no prefix), primary first."""
+    import array
+
+    size = 40  # struct ifreq on 64-bit Linux
+    buffer = array.array("B", b"\0" * size * 256)
+    address, _ = buffer.buffer_info()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        answer = fcntl.ioctl(sock.fileno(), SIOCGIFCONF, struct.pack("iL", len(buffer), address))
+    length = struct.unpack("iL", answer)[0]
+    raw = buffer.tobytes()[:length]
+    found = []
+    for offset in range(0, length, size):
+        label = raw[offset:offset + 16].split(b"\0", 1)[0].decode()
+        if label == name or label.startswith(f"{name}:"):
+            found.append(socket.inet_ntoa(raw[offset + 20:offset + 24]))
+    return found
+
+
 def addresses(name: str) -> list[str]:
     """The interface's addresses as CIDRs: its primary IPv4 address, then its IPv6 ones."""
     found: list[str] = []
     try:
         addr = socket.inet_ntoa(_ioctl(SIOCGIFADDR, name)[20:24])
-        mask = socket.inet_ntoa(_ioctl(SIOCGIFNETMASK, name)[20:24])
-        found.append(str(ipaddress.IPv4Interface(f"{addr}/{mask}")))
+        mask = int.from_bytes(_ioctl(SIOCGIFNETMASK, name)[20:24], "big")
+        found.append(f"{addr}/{mask.bit_count()}")
     except OSError:
         pass  # no IPv4 address
     try:
@@ -60,7 +79,7 @@ def addresses(name: str) -> list[str]:
             for line in table:
                 hexaddr, _index, prefix, _scope, _flags, dev = line.split()
                 if dev == name:
-                    ip = ipaddress.IPv6Address(bytes.fromhex(hexaddr))
+                    ip = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
                     found.append(f"{ip}/{int(prefix, 16)}")
     except FileNotFoundError:
         pass  # IPv6 disabled

@@ -75,10 +75,20 @@ def test_del_without_netns_or_with_vanished_netns(netns_factory: Any, run_plugin
     run_plugin("loopback", cni_env("DEL", path, ifname="lo"), conf("1.0.0")).ok()
 
 
-def test_add_refuses_missing_interface(pod_ns: Netns, run_plugin: Run) -> None:
-    error = run_plugin("loopback", cni_env("ADD", pod_ns.path, ifname="nosuch0"),
+def test_works_on_lo_whatever_the_ifname(pod_ns: Netns, run_plugin: Run) -> None:
+    result = run_plugin("loopback", cni_env("ADD", pod_ns.path, ifname="eth0"),
+                        conf("1.0.0")).ok()
+    assert result["interfaces"][0]["name"] == "lo" and lo_up(pod_ns)
+    run_plugin("loopback", cni_env("CHECK", pod_ns.path, ifname="eth0"), conf("1.0.0")).ok()
+    run_plugin("loopback", cni_env("DEL", pod_ns.path, ifname="eth0"), conf("1.0.0")).ok()
+    assert not lo_up(pod_ns)
+
+
+def test_add_refuses_non_loopback_address(pod_ns: Netns, run_plugin: Run) -> None:
+    pod_ns.run("ip", "addr", "add", "10.9.9.9/32", "dev", "lo")
+    error = run_plugin("loopback", cni_env("ADD", pod_ns.path, ifname="lo"),
                        conf("1.0.0")).error(999)
-    assert "nosuch0" in error["msg"] and "No such device" in error["msg"]
+    assert "non-loopback address '10.9.9.9'" in error["msg"]
 
 
 def test_status_and_gc(pod_ns: Netns, run_plugin: Run) -> None:

@@ -178,7 +178,7 @@ PROCESS_CASES = [
     ("env", {"CNI_COMMAND": "ADD"}, conf(), 4),
     ("decode", cni_env("ADD", NETNS, ifname="lo"), b"{", 6),
     ("config", cni_env("ADD", NETNS, ifname="lo"), conf(name=""), 7),
-    ("no-such-interface", cni_env("CHECK", "@pod", ifname="nosuch0"), conf(), 999),
+    ("lo-down", cni_env("CHECK", "@pod", ifname="lo"), conf(), 999),
 ]
 
 
