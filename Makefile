@@ -42,8 +42,8 @@ dist/cnitool: conformance/cnitool/main.go conformance/build-cnitool.sh
 install: build
 	$(PYTHON) -m pycni.install --from dist/bin --to $(DESTDIR)/opt/cni/bin
 
-test: build cnitool
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+test: build cnitool lint
+	PYCNI_REQUIRE_BUILD=1 $(PYTHON) -m pytest -q -p no:cacheprovider
 
 test-fast: venv
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests -m 'not conformance'

@@ -1,0 +1,41 @@
+"""The benchmark itself works: a few rounds, a table, and results for both sides.
+
+No timing is asserted: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, needs_root
+
+pytestmark = [pytest.mark.conformance, pytest.mark.bench, pytest.mark.kernel, needs_root]
+
+BENCH = REPO / "conformance" / "bench.py"
+
+
+def test_bench_smoke(built: None, scratch_dir: Path) -> None:
+    out = scratch_dir / "results"
+
+    done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+
+    assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("op"))
+    assert header.split()[:6] == ["op", "ours", "p50", "ours", "p90", "ref"]
+    for op in ("VERSION", "ADD", "DEL"):
+        assert any(line.split()[:1] == [op] for line in lines), f"no {op} row:\n{done.stdout}"
+    report = json.loads((out / "latest.json").read_text())
+    assert report["rounds"] == 3
+    for side in ("ours", "reference"):
+        for op in ("version", "add", "del"):
+            stats = report["stats"][side][op]
+            assert stats["p50"] > 0 and stats["p90"] > 0, (side, op, stats)
+            assert len(report["samples"][side][op]) == 3
+    assert list(out.glob("loopback-*.json")), "no timestamped result file"
