@@ -65,11 +65,16 @@ def parse_cni_args(raw: str, known: frozenset[str] | set[str] = frozenset()) -> 
 M = TypeVar("M", bound=NetConf)
 
 
-def load(model: type[M], args: CmdArgs, overrides: dict[str, Override] | None = None) -> M:
-    """Validate the config into `model`, after applying overrides in the spec's order."""
+def load(model: type[M], args: CmdArgs, overrides: dict[str, Override] | None = None,
+         known_args: frozenset[str] = frozenset()) -> M:
+    """Validate the config into `model`, after applying overrides in the spec's order.
+
+    `known_args`: CNI_ARGS keys the plugin reads itself (besides the overrides' keys).
+    """
     data: dict[str, Any] = dict(args.conf)
     overrides = overrides or {}
-    cni_args = parse_cni_args(args.args, {o.cni_args for o in overrides.values() if o.cni_args})
+    cni_args = parse_cni_args(
+        args.args, {o.cni_args for o in overrides.values() if o.cni_args} | known_args)
     args_section = data.get("args") or {}
     if not isinstance(args_section, dict):
         raise InvalidConfig("args must be a JSON object")
@@ -87,10 +92,24 @@ def load(model: type[M], args: CmdArgs, overrides: dict[str, Override] | None = 
             if present:
                 data[key] = value
     data["cniVersion"] = args.cni_version
+    return parse(model, data)
+
+
+B = TypeVar("B", bound=BaseModel)
+
+
+def parse(model: type[B], data: object, where: str = "") -> B:
+    """Validate `data` (a config or a section of one, at `where`) into `model`; code 7."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise InvalidConfig(f"invalid network config: {where}: {first['msg']}",
+        path = ".".join([where] * bool(where) + [str(p) for p in first["loc"]]) or "config"
+        raise InvalidConfig(f"invalid network config: {path}: {first['msg']}",
                             f"{exc.error_count()} problem(s)") from None
+
+
+class Section(BaseModel):
+    """A nested config section (e.g. `ipam`): camelCase keys, unknown keys kept."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")

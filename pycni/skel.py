@@ -136,8 +136,7 @@ def decode_config(stdin_data: bytes) -> Json:
     return conf
 
 
-def _check_config(command: str, conf: Json, plugin: Plugin) -> str:
-    version = spec.config_version(conf, plugin.versions)
+def _check_config(command: str, conf: Json, plugin: Plugin, version: str) -> None:
     if version not in plugin.versions:
         spec.parse(version)  # a malformed version gets its own message
         raise IncompatibleVersion(
@@ -154,7 +153,6 @@ def _check_config(command: str, conf: Json, plugin: Plugin) -> str:
             raise InvalidConfig("missing network name")
         if not isinstance(name, str) or not _valid_name(name):
             raise InvalidConfig("invalid characters found in network name", str(name))
-    return version
 
 
 def run(plugin: Plugin, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO[str],
@@ -175,7 +173,10 @@ def run(plugin: Plugin, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO
             return 0
         stdin_data = stdin.read()
         conf = decode_config(stdin_data)
-        cni_version = _check_config(command, conf, plugin)
+        version = spec.config_version(conf, plugin.versions)
+        if version in plugin.versions:
+            cni_version = version  # errors from here on speak the config's version
+        _check_config(command, conf, plugin, version)
         args = CmdArgs(
             command=command,
             container_id=environ.get("CNI_CONTAINERID", ""),

@@ -25,8 +25,12 @@ def check_key(key: str, what: str = "key") -> str:
     return key
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
+def write_atomic(path: str, data: bytes, mode: int = 0o600, exclusive: bool = False) -> bool:
+    """Write `data` to `path` so that readers see the old file or the whole new one.
+
+    `exclusive`: only if `path` does not exist yet (published with link(), which refuses to
+    replace); False when it already existed. Otherwise the file is replaced; always True.
+    """
     directory = os.path.dirname(path) or "."
     # Bounded length (a 255-character key must still leave room for the temp name) and
     # unique per call (two threads writing one key must not share a temp file).
@@ -41,7 +45,15 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dir_fd)
@@ -51,13 +63,22 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         with suppress(OSError):
             os.unlink(tmp)
         raise IOFailure(f"failed to write {path}: {exc.strerror}") from None
+    return True
 
 
 class Store:
     """Files under `<root>/<network>/`, guarded by `<root>/<network>/lock`."""
 
-    def __init__(self, root: str, network: str) -> None:
+    def __init__(self, root: str, network: str, mode: int = 0o600) -> None:
         self.directory = os.path.join(root, check_key(network, "network name"))
+        self.mode = mode
+
+    def subdir(self, name: str) -> Store:
+        """A store in a subdirectory chosen by the code (e.g. hidden metadata), under the
+        parent's lock."""
+        child = Store.__new__(Store)
+        child.directory, child.mode = os.path.join(self.directory, name), self.mode
+        return child
 
     def _ensure(self) -> None:
         try:
@@ -89,7 +110,12 @@ class Store:
 
     def write(self, key: str, data: bytes) -> None:
         self._ensure()
-        write_atomic(self.path(key), data)
+        write_atomic(self.path(key), data, self.mode)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write `key` only if it does not exist; False if it did."""
+        self._ensure()
+        return write_atomic(self.path(key), data, self.mode, exclusive=True)
 
     def read(self, key: str) -> bytes | None:
         try:
@@ -109,7 +135,7 @@ class Store:
         except OSError as exc:
             raise IOFailure(f"failed to remove {self.path(key)}: {exc.strerror}") from None
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:

@@ -24,7 +24,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_write_read_delete_keys(store: Store, tmp_path: Path) -> None:
-    assert store.keys() == []  # nothing created yet
+    assert store.names() == []  # nothing created yet
     assert store.read("10.0.0.2") is None
     assert store.delete("10.0.0.2") is False
     store.write("10.0.0.3", b"ctr-2\r\neth0")
@@ -33,13 +33,13 @@ def test_write_read_delete_keys(store: Store, tmp_path: Path) -> None:
     assert store.directory == str(tmp_path / "net1")
     assert store.read("10.0.0.2") == b"ctr-1\r\neth0"
     assert store.read("fd00::2") == b""
-    assert store.keys() == ["10.0.0.2", "10.0.0.3", "fd00::2"]  # sorted
+    assert store.names() == ["10.0.0.2", "10.0.0.3", "fd00::2"]  # sorted
     store.write("10.0.0.2", b"ctr-9\r\neth1")  # overwrite
     assert store.read("10.0.0.2") == b"ctr-9\r\neth1"
     assert store.delete("10.0.0.2") is True
     assert store.delete("10.0.0.2") is False  # twice is fine
     assert store.read("10.0.0.2") is None
-    assert store.keys() == ["10.0.0.3", "fd00::2"]
+    assert store.names() == ["10.0.0.3", "fd00::2"]
 
 
 def test_files_are_private_and_nothing_else_is_left(store: Store) -> None:
@@ -96,7 +96,7 @@ def test_write_is_atomic_for_readers(store: Store) -> None:
         reader.join()
     assert torn == []
     assert seen  # the reader did read
-    assert store.keys() == ["state"]
+    assert store.names() == ["state"]
     assert [n for n in os.listdir(store.directory) if n.startswith(".")] == []
 
 
@@ -160,7 +160,7 @@ def test_store_methods_refuse_bad_keys(store: Store, tmp_path: Path, key: str) -
             call()
     # Nothing escaped the network directory.
     assert sorted(os.listdir(tmp_path)) in ([], ["net1"])
-    assert store.keys() == []
+    assert store.names() == []
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "../etc", ".hidden", "", "net\0", "ü"])
@@ -180,7 +180,7 @@ def test_root_that_is_a_file_is_an_io_failure(tmp_path: Path) -> None:
     with pytest.raises(IOFailure) as info:
         store.write("k", b"data")
     assert info.value.code == 5
-    for call in (lambda: store.read("k"), store.keys, lambda: store.delete("k")):
+    for call in (lambda: store.read("k"), store.names, lambda: store.delete("k")):
         with pytest.raises(IOFailure):
             call()
     with pytest.raises(IOFailure), store.locked():
@@ -230,7 +230,7 @@ def test_lock_and_hidden_files_are_not_keys(store: Store) -> None:
     with open(os.path.join(store.directory, ".10.0.0.3.123.tmp"), "wb") as f:
         f.write(b"leftover")
     assert sorted(os.listdir(store.directory)) == [".10.0.0.3.123.tmp", "10.0.0.2", LOCK_NAME]
-    assert store.keys() == ["10.0.0.2"]
+    assert store.names() == ["10.0.0.2"]
 
 
 HOLDER = """
@@ -265,4 +265,4 @@ def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     # They all started together, so the lock made them queue: the last began
     # at least three holding times after the first.
     assert spans[-1][0] - spans[0][0] >= 3 * 0.15
-    assert Store(str(root), "net1").keys() == []
+    assert Store(str(root), "net1").names() == []
