@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 PLUGINS: dict[str, str] = {
     "loopback": "pycni.plugins.loopback",
+    "host-local": "pycni.ipam.host_local.plugin",
+    "static": "pycni.ipam.static",
 }
 # Types that speak fewer versions than spec.ALL (VERSION answers from here, unloaded).
 VERSIONS: dict[str, tuple[str, ...]] = {}
