@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 DESTDIR ?=
 SOURCES := $(shell find pycni plugins ipam meta -name '*.py') build/pycni.spec build/entry.py
 
-.PHONY: all venv build cnitool install test test-fast lint bench stress clean
+.PHONY: all venv stage build cnitool install test test-fast lint bench stress clean
 
 all: build
 
@@ -16,15 +16,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $@
 
-# dist/bin: the onedir bundle plus one link per implemented CNI type.
-build: dist/bin/.built
-dist/bin/.built: $(SOURCES) | venv
-	rm -rf build/stage build/work && mkdir -p build/stage
+# build/stage: the package tree as installed (plugins/ -> pycni/plugins, ...), for tools that
+# do not follow setuptools' package-dir mapping (PyInstaller, mypy).
+stage: build/stage/.staged
+build/stage/.staged: $(SOURCES)
+	rm -rf build/stage && mkdir -p build/stage
 	cp -r pycni build/stage/pycni
 	cp -r plugins build/stage/pycni/plugins
 	cp -r ipam build/stage/pycni/ipam
 	cp -r meta build/stage/pycni/meta
 	find build/stage -name __pycache__ -prune -exec rm -rf {} +
+	touch $@
+
+# dist/bin: the onedir bundle plus one link per implemented CNI type.
+build: dist/bin/.built
+dist/bin/.built: build/stage/.staged | venv
+	rm -rf build/work
 	$(PYTHON) -m PyInstaller --noconfirm --log-level WARN --distpath build/work/dist \
 		--workpath build/work/tmp build/pycni.spec
 	rm -rf dist/bin && mkdir -p dist/bin
@@ -48,12 +55,13 @@ test: build cnitool lint
 test-fast: venv
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests -m 'not conformance'
 
-lint: venv
+lint: venv stage
 	$(VENV)/bin/ruff check pycni plugins ipam meta tests conformance
-	$(VENV)/bin/mypy
+	cd build/stage && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml pycni
 
 bench: build cnitool
-	$(PYTHON) conformance/bench.py --rounds 200
+	$(PYTHON) -m conformance.bench --rounds 200
+	$(PYTHON) -m conformance.bench_ipam --rounds 100
 
 stress: build cnitool
 	@echo "no stress suite yet"; exit 1

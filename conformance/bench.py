@@ -1,6 +1,6 @@
 """Benchmark loopback through libcni: ours (dist/bin) against the reference (/usr/lib/cni).
 
-    python conformance/bench.py [--rounds N] [--out DIR] [--smoke]
+    python -m conformance.bench [--rounds N] [--out DIR] [--smoke]
 
 `dist/cnitool bench` times N ADD+DEL pairs, then N VERSION calls, from inside libcni, so the
 numbers are what a runtime waits for. Both implementations run in the same sandbox namespaces
@@ -16,48 +16,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from conformance.benchlib import (
+    REPO,
+    SMOKE_ROUNDS,
+    RunFailed,
+    batch_orders,
+    machine_info,
+    summarize,
+    table,
+    write_results,
+)
+
 CNITOOL = REPO / "dist" / "cnitool"
 IMPLEMENTATIONS = {"ours": REPO / "dist" / "bin", "reference": Path("/usr/lib/cni")}
 CNI_VERSION = "1.0.0"
 NETWORK = "lo-net"
 OPS = ("version", "add", "del")  # cnitool's keys, in table order
-BATCHES = 4
-SMOKE_ROUNDS = 3
 # The issue's targets: ours p50 at most this many times the reference's p50.
 TARGETS = {"version": 5.0, "add": 3.0}
-
-
-class RunFailed(Exception):
-    pass
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default)."""
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * fraction
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def batch_sizes(rounds: int, batches: int = BATCHES) -> list[int]:
-    """`rounds` split into at most `batches` near-equal positive parts."""
-    count = max(1, min(batches, rounds))
-    base, extra = divmod(rounds, count)
-    return [base + (1 if i < extra else 0) for i in range(count)]
 
 
 class Sandbox:
@@ -122,77 +107,12 @@ def run_benchmark(rounds: int) -> tuple[dict[str, dict[str, list[float]]], list[
     with Sandbox() as sandbox:
         for name in IMPLEMENTATIONS:  # warm-up, discarded: page cache, first-exec costs
             sandbox.bench(name, 1)
-        for index, size in enumerate(batch_sizes(rounds)):
-            names = list(IMPLEMENTATIONS)
-            if index % 2:
-                names.reverse()
+        for names, size in batch_orders(rounds, list(IMPLEMENTATIONS)):
             order.append(names)
             for name in names:
                 for op, values in sandbox.bench(name, size).items():
                     samples[name][op].extend(values)
     return samples, order
-
-
-def summarize(samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
-    stats = {
-        name: {op: {"p50": percentile(values, 0.5), "p90": percentile(values, 0.9),
-                    "min": min(values), "max": max(values),
-                    "mean": sum(values) / len(values), "n": len(values)}
-               for op, values in ops.items()}
-        for name, ops in samples.items()
-    }
-    ratios = {op: stats["ours"][op]["p50"] / stats["reference"][op]["p50"] for op in OPS}
-    targets = {op: {"max_ratio_p50": limit, "met": ratios[op] <= limit}
-               for op, limit in TARGETS.items()}
-    return {"stats": stats, "ratio_p50": ratios, "targets": targets}
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "nproc": len(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            info["cpu"] = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                                if line.startswith("model name")), None)
-    except OSError:
-        info["cpu"] = None
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True)
-    info["pycni_commit"] = commit.stdout.strip() or None  # "-dirty": uncommitted changes
-    return info
-
-
-def table(summary: dict[str, Any]) -> str:
-    header = ("op", "ours p50", "ours p90", "ref p50", "ref p90", "ratio p50", "target")
-    rows = [header]
-    for op in OPS:
-        ours, reference = summary["stats"]["ours"][op], summary["stats"]["reference"][op]
-        target = summary["targets"].get(op)
-        verdict = "-"
-        if target:
-            verdict = f"<= {target['max_ratio_p50']:g}x {'met' if target['met'] else 'not met'}"
-        rows.append((op.upper(), f"{ours['p50']:.2f}", f"{ours['p90']:.2f}",
-                     f"{reference['p50']:.2f}", f"{reference['p90']:.2f}",
-                     f"{summary['ratio_p50'][op]:.2f}x", verdict))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i in (0, 6) else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-             for row in rows]
-    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
-
-
-def write_results(out: Path, report: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    text = json.dumps(report, indent=2) + "\n"
-    path = out / f"loopback-{stamp}.json"
-    path.write_text(text)
-    (out / "latest.json").write_text(text)
-    return path
 
 
 def cannot_start() -> str | None:
@@ -231,16 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     except (RunFailed, subprocess.SubprocessError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    summary = summarize(samples)
+    summary = summarize(samples, OPS, TARGETS)
     report = {
         "benchmark": "loopback", "cniVersion": CNI_VERSION, "rounds": rounds,
         "unit": "ms", "batch_order": order,
         "cni_path": {name: str(path) for name, path in IMPLEMENTATIONS.items()},
         "machine": machine, **summary, "samples": samples,
     }
-    path = write_results(args.out, report)
+    path = write_results(args.out, "loopback", report)
     print(f"loopback through libcni, cniVersion {CNI_VERSION}, {rounds} rounds, ms")
-    print(table(summary))
+    print(table(summary, OPS))
     print(f"results: {path}")
     return 0
 

@@ -16,14 +16,13 @@ from tests.conftest import REPO, needs_root
 
 pytestmark = [pytest.mark.conformance, pytest.mark.bench, pytest.mark.kernel, needs_root]
 
-BENCH = REPO / "conformance" / "bench.py"
 
 
 def test_bench_smoke(built: None, scratch_dir: Path) -> None:
     out = scratch_dir / "results"
 
-    done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "conformance.bench", "--smoke", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
 
     assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
     lines = done.stdout.splitlines()
@@ -39,3 +38,20 @@ def test_bench_smoke(built: None, scratch_dir: Path) -> None:
             assert stats["p50"] > 0 and stats["p90"] > 0, (side, op, stats)
             assert len(report["samples"][side][op]) == 3
     assert list(out.glob("loopback-*.json")), "no timestamped result file"
+
+
+def test_bench_ipam_smoke(built: None, scratch_dir: Path) -> None:
+    out = scratch_dir / "results"
+
+    done = subprocess.run([sys.executable, "-m", "conformance.bench_ipam", "--smoke", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+
+    assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    for op in ("ADD@0", "DEL@0", "ADD@1000", "DEL@1000"):
+        assert any(line.split()[:1] == [op] for line in done.stdout.splitlines()), done.stdout
+    report = json.loads((out / "host-local-latest.json").read_text())
+    for side in ("ours", "reference"):
+        for op in ("add@0", "del@0", "add@1000", "del@1000"):
+            assert len(report["samples"][side][op]) == 3
+            assert report["stats"][side][op]["p50"] > 0
+    assert set(report["targets"]) == {"add@1000", "del@1000"}

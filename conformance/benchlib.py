@@ -1,0 +1,112 @@
+"""What the benchmarks share: percentiles, batching, the summary, the table, the results file.
+
+Each benchmark times ours and the reference in the same run, in alternating batches so that
+drift in the machine's load falls on both, and reports p50/p90 and the ratio ours/reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BATCHES = 4
+SMOKE_ROUNDS = 3
+
+
+class RunFailed(Exception):
+    pass
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default)."""
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * fraction
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def batch_sizes(rounds: int, batches: int = BATCHES) -> list[int]:
+    """`rounds` split into at most `batches` near-equal positive parts."""
+    count = max(1, min(batches, rounds))
+    base, extra = divmod(rounds, count)
+    return [base + (1 if i < extra else 0) for i in range(count)]
+
+
+def batch_orders(rounds: int, names: list[str]) -> list[tuple[list[str], int]]:
+    """Per batch: the implementations in the order they run (alternating), and its size."""
+    return [(names if index % 2 == 0 else names[::-1], size)
+            for index, size in enumerate(batch_sizes(rounds))]
+
+
+def summarize(samples: dict[str, dict[str, list[float]]], ops: tuple[str, ...],
+              targets: dict[str, float]) -> dict[str, Any]:
+    """Per implementation and op: p50/p90/min/max/mean; the p50 ratio ours/reference; the
+    targets (ours p50 at most so many times the reference's) met or not."""
+    stats = {
+        name: {op: {"p50": percentile(values, 0.5), "p90": percentile(values, 0.9),
+                    "min": min(values), "max": max(values),
+                    "mean": sum(values) / len(values), "n": len(values)}
+               for op, values in by_op.items()}
+        for name, by_op in samples.items()
+    }
+    ratios = {op: stats["ours"][op]["p50"] / stats["reference"][op]["p50"] for op in ops}
+    verdicts = {op: {"max_ratio_p50": limit, "met": ratios[op] <= limit}
+                for op, limit in targets.items()}
+    return {"stats": stats, "ratio_p50": ratios, "targets": verdicts}
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                                if line.startswith("model name")), None)
+    except OSError:
+        info["cpu"] = None
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True)
+    info["pycni_commit"] = commit.stdout.strip() or None  # "-dirty": uncommitted changes
+    return info
+
+
+def table(summary: dict[str, Any], ops: tuple[str, ...]) -> str:
+    header = ("op", "ours p50", "ours p90", "ref p50", "ref p90", "ratio p50", "target")
+    rows = [header]
+    for op in ops:
+        ours, reference = summary["stats"]["ours"][op], summary["stats"]["reference"][op]
+        target = summary["targets"].get(op)
+        verdict = "-"
+        if target:
+            verdict = f"<= {target['max_ratio_p50']:g}x {'met' if target['met'] else 'not met'}"
+        rows.append((op.upper(), f"{ours['p50']:.2f}", f"{ours['p90']:.2f}",
+                     f"{reference['p50']:.2f}", f"{reference['p90']:.2f}",
+                     f"{summary['ratio_p50'][op]:.2f}x", verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i in (0, 6) else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in rows]
+    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
+
+
+def write_results(out: Path, name: str, report: dict[str, Any]) -> Path:
+    """DIR/<name>-<timestamp>.json and DIR/<name>-latest.json (and latest.json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps(report, indent=2) + "\n"
+    path = out / f"{name}-{stamp}.json"
+    path.write_text(text)
+    (out / f"{name}-latest.json").write_text(text)
+    (out / "latest.json").write_text(text)
+    return path
