@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 PLUGINS: dict[str, str] = {
     "loopback": "pycni.plugins.loopback",
+    "bridge": "pycni.plugins.bridge",
+    "cnv-bridge": "pycni.plugins.bridge",
     "host-local": "pycni.ipam.host_local.plugin",
     "static": "pycni.ipam.static",
 }

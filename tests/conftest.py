@@ -158,3 +158,17 @@ def run_plugin(host_ns: Netns) -> Callable[..., Outcome]:
         return run_exec([*PYCNI, plugin_type], env, conf, in_ns=host_ns)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def cni_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CNI_PATH directory holding every pycni type as a small script running the source
+    tree, so delegation (e.g. bridge -> host-local) finds our plugins as a runtime would."""
+    from pycni import registry
+
+    directory = tmp_path_factory.mktemp("cni-bin")
+    for plugin_type in registry.PLUGINS:
+        script = directory / plugin_type
+        script.write_text(f"#!/bin/sh\nexec {sys.executable} -m pycni {plugin_type}\n")
+        script.chmod(0o755)
+    return directory

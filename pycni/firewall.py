@@ -1,0 +1,252 @@
+"""Masquerade and MAC spoof-check rules, owned per attachment so DEL and GC remove exactly
+their own.
+
+Masquerade has two backends. iptables writes the reference plugins' layout (a `CNI-<hash>`
+chain per network and container in the nat table, jumped to from POSTROUTING, commented
+`name: "<net>" id: "<container>"`), so rules made by either are removed by either. nftables
+keeps one rule per address in `inet pycni_masquerade`, commented `pycni <net> <container>
+<ifname>`. DEL and GC clean both backends: what a node switched from is cleaned too.
+
+Spoof check uses the reference's nftables layout: table `bridge nat`, base chain
+`PREROUTING`, a chain `cni-br-iface-<container>-<ifname>` (and `...-mac`) per attachment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterable
+
+from pycni.errors import CNIError
+
+NFT_TABLE = "pycni_masquerade"
+SPOOF_TABLE = "nat"
+SPOOF_BASE = "PREROUTING"
+
+
+def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> str:
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise CNIError(f"{argv[0]} not found: install it or choose another backend") from None
+    if check and done.returncode != 0:
+        raise CNIError(f"{' '.join(argv[:4])}... failed: {done.stderr.strip()}")
+    return done.stdout if done.returncode == 0 else ""
+
+
+def detect_backend() -> str:
+    """iptables where its command exists (as the reference), nftables otherwise."""
+    return "iptables" if shutil.which("iptables") else "nftables"
+
+
+# --- masquerade: iptables (the reference's chains) --------------------------------------------
+
+def chain_name(network: str, container_id: str) -> str:
+    return ("CNI-" + hashlib.sha512((network + container_id).encode()).hexdigest())[:28]
+
+
+def iptables_comment(network: str, container_id: str) -> str:
+    return f'name: "{network}" id: "{container_id}"'
+
+
+def _iptables(family: str) -> str:
+    return "ip6tables" if family == "6" else "iptables"
+
+
+def _ipt(family: str, *args: str, check: bool = True) -> str:
+    return _run([_iptables(family), "-w", "-t", "nat", *args], check=check)
+
+
+def _ipt_has(family: str, *rule: str) -> bool:
+    done = subprocess.run([_iptables(family), "-w", "-t", "nat", "-C", *rule],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def _iptables_add(network: str, container_id: str, cidr: str) -> None:
+    import ipaddress
+
+    iface = ipaddress.ip_interface(cidr)
+    family = str(iface.version)
+    chain, comment = chain_name(network, container_id), iptables_comment(network, container_id)
+    multicast = "ff00::/8" if family == "6" else "224.0.0.0/4"
+    if chain not in _ipt(family, "-S").split():
+        _ipt(family, "-N", chain, check=False)
+    for rule in ((chain, "-d", str(iface.network), "-j", "ACCEPT", "-m", "comment",
+                  "--comment", comment),
+                 (chain, "!", "-d", multicast, "-j", "MASQUERADE", "-m", "comment",
+                  "--comment", comment),
+                 ("POSTROUTING", "-s", str(iface.ip), "-j", chain, "-m", "comment",
+                  "--comment", comment)):
+        if not _ipt_has(family, *rule):
+            _ipt(family, "-A", *rule)
+
+
+def _iptables_rules(family: str) -> list[list[str]]:
+    """The nat table's rules as `iptables-save` argument lists (`-A CHAIN ...`)."""
+    if not shutil.which(f"{_iptables(family)}-save"):
+        return []
+    text = _run([f"{_iptables(family)}-save", "-t", "nat"], check=False)
+    return [shlex.split(line) for line in text.splitlines() if line.startswith("-A ")]
+
+
+def _iptables_remove_chain(family: str, chain: str, rules: list[list[str]]) -> None:
+    for rule in rules:
+        if rule[1] == "POSTROUTING" and rule[-2:] == ["-j", chain]:
+            _ipt(family, "-D", *rule[1:], check=False)
+    _ipt(family, "-F", chain, check=False)
+    _ipt(family, "-X", chain, check=False)
+
+
+def _iptables_owners(family: str) -> dict[str, tuple[str, str]]:
+    """CNI chains by name, with the (network, container) their comments name."""
+    owners = {}
+    for rule in _iptables_rules(family):
+        if rule[1].startswith("CNI-") and "--comment" in rule:
+            text = rule[rule.index("--comment") + 1]
+            if text.startswith('name: "') and '" id: "' in text and text.endswith('"'):
+                network, _, container = text[len('name: "'):-1].partition('" id: "')
+                owners[rule[1]] = (network, container)
+    return owners
+
+
+# --- masquerade: nftables -------------------------------------------------------------------
+
+def nft_comment(network: str, container_id: str, ifname: str) -> str:
+    return f"pycni {network} {container_id} {ifname}"
+
+
+def _nft(script: str) -> None:
+    _run(["nft", "-f", "-"], stdin=script)
+
+
+def _nft_rules(family: str, table: str, chain: str) -> list[dict[str, object]]:
+    if not shutil.which("nft"):
+        return []
+    text = _run(["nft", "-j", "-a", "list", "chain", family, table, chain], check=False)
+    if not text:
+        return []
+    return [item["rule"] for item in json.loads(text).get("nftables", []) if "rule" in item]
+
+
+def _nft_add(network: str, container_id: str, ifname: str, cidr: str) -> None:
+    import ipaddress
+
+    iface = ipaddress.ip_interface(cidr)
+    ip = "ip6" if iface.version == 6 else "ip"
+    multicast = "ff00::/8" if iface.version == 6 else "224.0.0.0/4"
+    comment = nft_comment(network, container_id, ifname)
+    _nft(f"add table inet {NFT_TABLE}\n"
+         f"add chain inet {NFT_TABLE} postrouting "
+         "{ type nat hook postrouting priority srcnat; policy accept; }\n"
+         f"add rule inet {NFT_TABLE} postrouting {ip} saddr {iface.ip} "
+         f"{ip} daddr != {iface.network} {ip} daddr != {multicast} masquerade "
+         f'comment "{comment}"\n')
+
+
+def _nft_delete_handles(family: str, table: str, chain: str, handles: Iterable[object]) -> None:
+    script = "".join(f"delete rule {family} {table} {chain} handle {h}\n" for h in handles)
+    if script:
+        _run(["nft", "-f", "-"], stdin=script, check=False)
+
+
+# --- masquerade: the interface plugins use ---------------------------------------------------
+
+def masquerade_add(backend: str, network: str, container_id: str, ifname: str,
+                   cidrs: Iterable[str]) -> None:
+    for cidr in cidrs:
+        if backend == "nftables":
+            _nft_add(network, container_id, ifname, cidr)
+        else:
+            _iptables_add(network, container_id, cidr)
+
+
+def masquerade_del(network: str, container_id: str, ifname: str) -> None:
+    """Remove the attachment's masquerade rules from both backends; none is fine."""
+    chain = chain_name(network, container_id)
+    for family in ("4", "6"):
+        rules = _iptables_rules(family)
+        if any(rule[1] == chain for rule in rules) or any(
+                rule[-2:] == ["-j", chain] for rule in rules):
+            _iptables_remove_chain(family, chain, rules)
+    comment = nft_comment(network, container_id, ifname)
+    _nft_delete_handles("inet", NFT_TABLE, "postrouting",
+                        [r["handle"] for r in _nft_rules("inet", NFT_TABLE, "postrouting")
+                         if r.get("comment") == comment])
+
+
+def masquerade_gc(network: str, valid: set[tuple[str, str]]) -> None:
+    """Remove the network's masquerade rules of attachments not in `valid`."""
+    containers = {container for container, _ in valid}
+    for family in ("4", "6"):
+        for chain, (owner_net, container) in _iptables_owners(family).items():
+            if owner_net == network and container not in containers:
+                _iptables_remove_chain(family, chain, _iptables_rules(family))
+    stale = []
+    for rule in _nft_rules("inet", NFT_TABLE, "postrouting"):
+        words = str(rule.get("comment", "")).split(" ")
+        if len(words) == 4 and words[0] == "pycni" and words[1] == network and (
+                (words[2], words[3]) not in valid):
+            stale.append(rule["handle"])
+    _nft_delete_handles("inet", NFT_TABLE, "postrouting", stale)
+
+
+# --- MAC spoof check (nftables, bridge family) -----------------------------------------------
+
+def spoof_ref(container_id: str, ifname: str) -> str:
+    return f"{container_id}-{ifname}"
+
+
+def _spoof_chain(ref: str) -> str:
+    return f"cni-br-iface-{ref}"
+
+
+def spoofcheck_add(network: str, host_iface: str, mac: str, ref: str) -> None:
+    """Drop frames entering from `host_iface` whose source MAC is not `mac`."""
+    chain, comment = _spoof_chain(ref), f"macspoofchk-{ref}"
+    _nft(f"add table bridge {SPOOF_TABLE}\n"
+         f"add chain bridge {SPOOF_TABLE} {SPOOF_BASE} "
+         "{ type filter hook prerouting priority -300; policy accept; }\n"
+         f"add chain bridge {SPOOF_TABLE} {chain}\n"
+         f"add chain bridge {SPOOF_TABLE} {chain}-mac\n"
+         f"flush chain bridge {SPOOF_TABLE} {chain}\n"
+         f"flush chain bridge {SPOOF_TABLE} {chain}-mac\n"
+         f'add rule bridge {SPOOF_TABLE} {SPOOF_BASE} iifname "{host_iface}" jump {chain} '
+         f'comment "{comment}"\n'
+         # Our mark of the owning network, for GC (the reference's teardown ignores it).
+         f'add rule bridge {SPOOF_TABLE} {chain} jump {chain}-mac '
+         f'comment "{comment} network {network}"\n'
+         f'add rule bridge {SPOOF_TABLE} {chain}-mac ether saddr {mac} return '
+         f'comment "{comment}"\n'
+         f'add rule bridge {SPOOF_TABLE} {chain}-mac drop comment "{comment}"\n')
+
+
+def spoofcheck_del(ref: str) -> None:
+    chain, comment = _spoof_chain(ref), f"macspoofchk-{ref}"
+    _nft_delete_handles("bridge", SPOOF_TABLE, SPOOF_BASE,
+                        [r["handle"] for r in _nft_rules("bridge", SPOOF_TABLE, SPOOF_BASE)
+                         if r.get("comment") == comment])
+    if _nft_rules("bridge", SPOOF_TABLE, chain) or _nft_rules("bridge", SPOOF_TABLE,
+                                                               f"{chain}-mac"):
+        _run(["nft", "-f", "-"], check=False,
+             stdin=f"delete chain bridge {SPOOF_TABLE} {chain}\n"
+                   f"delete chain bridge {SPOOF_TABLE} {chain}-mac\n")
+
+
+def spoofcheck_gc(network: str, valid_refs: set[str]) -> None:
+    """Remove the network's spoof checks whose attachment is not in `valid_refs`."""
+    if not shutil.which("nft"):
+        return
+    text = _run(["nft", "-j", "list", "table", "bridge", SPOOF_TABLE], check=False)
+    if not text:
+        return
+    mark = f" network {network}"
+    for item in json.loads(text).get("nftables", []):
+        comment = str(item.get("rule", {}).get("comment", ""))
+        if comment.startswith("macspoofchk-") and comment.endswith(mark):
+            ref = comment[len("macspoofchk-"):-len(mark)]
+            if ref not in valid_refs:
+                spoofcheck_del(ref)
