@@ -83,14 +83,12 @@ def load(model: type[M], args: CmdArgs, overrides: dict[str, Override] | None = 
     if not isinstance(args_cni, dict) or not isinstance(runtime, dict):
         raise InvalidConfig("args.cni and runtimeConfig must be JSON objects")
     for field, source in overrides.items():
-        key = model.model_fields[field].alias or field if field in model.model_fields else field
-        for value, present in (
-            (cni_args.get(source.cni_args or ""), source.cni_args in cni_args),
-            (args_cni.get(source.args_cni or ""), source.args_cni in args_cni),
-            (runtime.get(source.runtime or ""), source.runtime in runtime),
-        ):
-            if present:
-                data[key] = value
+        known = model.model_fields.get(field)
+        key = (known.alias or field) if known else field  # unknown: kept as an extra key
+        for layer, name in ((cni_args, source.cni_args), (args_cni, source.args_cni),
+                            (runtime, source.runtime)):
+            if name and name in layer:
+                data[key] = layer[name]  # later layers win
     data["cniVersion"] = args.cni_version
     return parse(model, data)
 
