@@ -8,6 +8,7 @@ removes the rules of attachments that no longer exist.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 from contextlib import ExitStack
@@ -15,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pycni import config, firewall, ipam_delegate, link, netns, sysctl
-from pycni.errors import CNIError, InvalidConfig
+from pycni import config, firewall, ipam_delegate, link, netns, spec, sysctl
+from pycni.errors import CNIError, IncompatibleVersion, InvalidConfig
 from pycni.result import Interface, Result, Route
 from pycni.skel import CmdArgs, Plugin
 
@@ -92,7 +93,8 @@ def load_conf(args: CmdArgs) -> BridgeConf:
     conf = config.load(BridgeConf, args, MAC_SOURCES)
     if not 0 <= conf.vlan <= 4094:
         raise InvalidConfig(f"invalid VLAN ID {conf.vlan} (must be between 0 and 4094)")
-    if conf.vlan and conf.vlans:
+    trunk = conf.vlans  # validated here, whatever `vlan` holds
+    if conf.vlan and trunk:
         raise InvalidConfig("cannot set vlan and vlanTrunk at the same time")
     if conf.mtu < 0:
         raise InvalidConfig(f"invalid MTU {conf.mtu}")
@@ -117,25 +119,25 @@ def ensure_bridge(host: Any, conf: BridgeConf) -> link.Link:
     bridge = link.find(host, conf.bridge)
     vlan_filtering = bool(conf.vlan or conf.vlan_trunk)
     if bridge is None:
-        spec: dict[str, Any] = {"ifname": conf.bridge, "kind": "bridge"}
+        attributes: dict[str, Any] = {"ifname": conf.bridge, "kind": "bridge"}
         if conf.mtu:
-            spec["mtu"] = conf.mtu
+            attributes["mtu"] = conf.mtu
         if vlan_filtering:
-            spec["br_vlan_filtering"] = 1
+            attributes["br_vlan_filtering"] = 1
         try:
-            host.link("add", **spec)
+            host.link("add", **attributes)
         except Exception as exc:
-            if not link.is_error(exc, 17):  # created meanwhile by a concurrent ADD
-                raise CNIError(f"failed to create bridge {conf.bridge!r}: {exc}"
-                               + (" (this kernel has no bridge VLAN filtering)"
-                                  if vlan_filtering and link.is_error(exc, 95) else "")
-                               ) from None
+            if not link.is_error(exc, errno.EEXIST):  # created meanwhile by a concurrent ADD
+                hint = (" (this kernel has no bridge VLAN filtering)" if vlan_filtering
+                        and link.is_error(exc, errno.EOPNOTSUPP) else "")
+                raise CNIError(f"failed to create bridge {conf.bridge!r}: {exc}{hint}") from None
         bridge = link.find(host, conf.bridge)
         assert bridge is not None
     if bridge.kind != "bridge":
         raise CNIError(f"{conf.bridge!r} already exists but is not a bridge")
     if conf.promisc_mode and not bridge.promisc:
-        host.link("set", index=bridge.index, promiscuity=1)
+        # IFLA_PROMISCUITY is read-only: promiscuous mode is the IFF_PROMISC flag
+        host.link("set", index=bridge.index, flags=link.IFF_PROMISC, change=link.IFF_PROMISC)
     sysctl.write_quietly(f"net/ipv6/conf/{conf.bridge}/accept_ra", "0")  # we own its routes
     host.link("set", index=bridge.index, state="up")
     return link.get(host, bridge.index)
@@ -143,16 +145,25 @@ def ensure_bridge(host: Any, conf: BridgeConf) -> link.Link:
 
 def attach_port(host: Any, bridge: link.Link, port: link.Link, conf: BridgeConf) -> None:
     """Enslave the host end and apply hairpin, isolation and VLANs to the port."""
-    host.link("set", index=port.index, master=bridge.index, state="up")
-    host.brport("set", index=port.index, mode=int(conf.hairpin_mode))
-    if conf.port_isolation:
-        host.brport("set", index=port.index, isolated=1)
-    if (conf.vlan or conf.vlans) and not conf.preserve_default_vlan:
-        host.vlan_filter("del", index=port.index, vlan_info={"vid": 1})
-    if conf.vlan:  # access port: untagged, PVID
-        host.vlan_filter("add", index=port.index, vlan_info={"vid": conf.vlan, "flags": 6})
-    for vid in conf.vlans:  # trunk: tagged
-        host.vlan_filter("add", index=port.index, vlan_info={"vid": vid})
+    try:
+        host.link("set", index=port.index, master=bridge.index, state="up")
+        host.brport("set", index=port.index, mode=int(conf.hairpin_mode))
+        if conf.port_isolation:
+            host.brport("set", index=port.index, isolated=1)
+    except Exception as exc:  # NetlinkError
+        raise CNIError(f"failed to connect {port.name!r} to bridge {bridge.name!r}: "
+                       f"{exc}") from None
+    try:
+        if (conf.vlan or conf.vlans) and not conf.preserve_default_vlan:
+            host.vlan_filter("del", index=port.index, vlan_info={"vid": 1})
+        if conf.vlan:  # access port: untagged, PVID
+            host.vlan_filter("add", index=port.index, vlan_info={"vid": conf.vlan, "flags": 6})
+        for vid in conf.vlans:  # trunk: tagged
+            host.vlan_filter("add", index=port.index, vlan_info={"vid": vid})
+    except Exception as exc:  # NetlinkError
+        raise CNIError(f"failed to set up VLANs on bridge port {port.name!r}: {exc}"
+                       + (" (this kernel has no bridge VLAN filtering)"
+                          if link.is_error(exc, errno.EOPNOTSUPP) else "")) from None
 
 
 def gateway_addresses(result: Result, conf: BridgeConf) -> list[str]:
@@ -194,17 +205,27 @@ def ensure_address(host: Any, bridge: link.Link, cidr: str, force: bool) -> None
         host.addr("add", index=bridge.index, address=str(wanted.ip),
                   prefixlen=wanted.network.prefixlen)
     except Exception as exc:
-        if not link.is_error(exc, 17):
+        if not link.is_error(exc, errno.EEXIST):
             raise CNIError(f"could not add IP address to {bridge.name!r}: {exc}") from None
     # Pin the bridge's MAC: otherwise it follows the lowest port MAC as ports come and go.
-    host.link("set", index=bridge.index, address=bridge.mac)
+    # Read it now, with our port attached: a bridge whose last port left has none (all
+    # zeros), which the kernel refuses to set.
+    mac = link.get(host, bridge.index).mac
+    if mac.strip("0:"):
+        host.link("set", index=bridge.index, address=mac)
 
 
 # --- the verbs ------------------------------------------------------------------------------
 
 def cmd_add(args: CmdArgs) -> Result:
     conf = load_conf(args)
-    with ExitStack() as undo, link.socket() as host:
+    if not conf.ipam_type and not spec.at_least(args.cni_version, "0.3.0"):
+        # Refused now: the result, printed once all is done, could not say it.
+        raise IncompatibleVersion(f"a {args.cni_version} result cannot hold an L2-only "
+                                  "attachment (it has no IP address): use cniVersion 0.3.0 "
+                                  "or later, or configure ipam")
+    # The socket outlives the undo stack: the undo steps need it.
+    with link.socket() as host, ExitStack() as undo:
         bridge = ensure_bridge(host, conf)
         port, pod_mac = link.create_veth(host, args.netns, args.ifname, conf.mtu, conf.mac)
         undo.callback(link.delete, host, port.name)
@@ -261,17 +282,21 @@ def configure_pod(args: CmdArgs, conf: BridgeConf, result: Result) -> None:
 
 
 def cmd_del(args: CmdArgs) -> None:
-    """Remove the pod's veth, give back its addresses, drop its rules. Never the bridge."""
+    """Remove the pod's veth, drop its rules, give back its addresses. Never the bridge.
+
+    Rules go before the addresses: a failing IPAM DEL then leaves no rule behind, and an
+    address is never handed to a new pod while the old pod's masquerade still matches it.
+    """
     conf = load_conf(args)
     if args.netns and netns.exists(args.netns):
         with link.socket(args.netns) as pod:
             link.delete(pod, args.ifname)
-    if conf.ipam_type:
-        ipam_delegate.delete(conf.ipam_type, args)
     if conf.macspoofchk:
         firewall.spoofcheck_del(firewall.spoof_ref(args.container_id, args.ifname))
     if conf.ipam_type and conf.ip_masq:
         firewall.masquerade_del(conf.name, args.container_id, args.ifname)
+    if conf.ipam_type:
+        ipam_delegate.delete(conf.ipam_type, args)
 
 
 def cmd_check(args: CmdArgs) -> None:

@@ -193,7 +193,8 @@ def configure(pod: IPRoute, ifname: str, result: Result, index_in_result: int) -
     for route in result.routes:
         family = "6" if ":" in route.dst else "4"
         gateway = route.gw or gateways.get(family)
-        spec: dict[str, Any] = {"dst": route.dst, "oif": link.index, "proto": 3}  # boot, as the reference
+        # proto boot, as the reference's routes (what `ip route` shows without "proto")
+        spec: dict[str, Any] = {"dst": route.dst, "oif": link.index, "proto": 3}
         if gateway:
             spec["gateway"] = gateway
         for key in ("priority", "table"):
