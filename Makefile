@@ -62,6 +62,7 @@ lint: venv stage
 bench: build cnitool
 	$(PYTHON) -m conformance.bench --rounds 200
 	$(PYTHON) -m conformance.bench_ipam --rounds 100
+	$(PYTHON) -m conformance.bench_bridge --rounds 100
 
 stress: build cnitool
 	@echo "no stress suite yet"; exit 1

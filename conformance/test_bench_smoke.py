@@ -55,3 +55,26 @@ def test_bench_ipam_smoke(built: None, scratch_dir: Path) -> None:
             assert len(report["samples"][side][op]) == 3
             assert report["stats"][side][op]["p50"] > 0
     assert set(report["targets"]) == {"add@1000", "del@1000"}
+
+
+def test_bench_bridge_smoke(built: None, scratch_dir: Path) -> None:
+    out = scratch_dir / "results"
+
+    done = subprocess.run([sys.executable, "-m", "conformance.bench_bridge", "--smoke", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+
+    assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    lines = done.stdout.splitlines()
+    for op in ("ADD", "CHECK", "DEL"):
+        assert any(line.split()[:1] == [op] for line in lines), f"no {op} row:\n{done.stdout}"
+    assert any(line.startswith("TCP Gbit/s") for line in lines), done.stdout
+    report = json.loads((out / "bridge-latest.json").read_text())
+    assert report["rounds"] == 3
+    for side in ("ours", "reference"):
+        for op in ("add", "check", "del"):
+            assert len(report["samples"][side][op]) == 3, (side, op)
+            assert report["stats"][side][op]["p50"] > 0, (side, op)
+        assert report["throughput"]["samples"][side][0] > 0, side
+    assert report["throughput"]["seconds"] == 1
+    assert set(report["targets"]) == {"add", "del"}
+    assert "met" in report["throughput"]["target"]

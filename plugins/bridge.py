@@ -202,8 +202,7 @@ def ensure_address(host: Any, bridge: link.Link, cidr: str, force: bool) -> None
             host.addr("del", index=bridge.index, address=str(current.ip),
                       prefixlen=current.network.prefixlen)
     try:
-        host.addr("add", index=bridge.index, address=str(wanted.ip),
-                  prefixlen=wanted.network.prefixlen)
+        link.add_address(host, bridge.index, cidr)
     except Exception as exc:
         if not link.is_error(exc, errno.EEXIST):
             raise CNIError(f"could not add IP address to {bridge.name!r}: {exc}") from None

@@ -148,6 +148,19 @@ def delete(ipr: IPRoute, name: str) -> list[str]:
     return held
 
 
+def add_address(ipr: IPRoute, index: int, cidr: str) -> None:
+    """Add `cidr` to the link; IPv4 gets its subnet's broadcast address, as `ip addr add
+    ... brd +` and the reference plugins give it."""
+    import ipaddress
+
+    iface = ipaddress.ip_interface(cidr)
+    spec: dict[str, Any] = {"index": index, "address": str(iface.ip),
+                            "prefixlen": iface.network.prefixlen}
+    if iface.version == 4 and iface.network.prefixlen < 31:
+        spec["broadcast"] = str(iface.network.broadcast_address)
+    ipr.addr("add", **spec)
+
+
 def wait_oper_up(ipr: IPRoute, index: int, delays: tuple[float, ...] = (0, .05, .5, 1, 1)) -> Link:
     """Wait for a bridge port to forward (the reference's schedule)."""
     link = get(ipr, index)
@@ -182,9 +195,8 @@ def configure(pod: IPRoute, ifname: str, result: Result, index_in_result: int) -
                 except OSError as exc:
                     raise CNIError(f"failed to enable IPv6 on {name!r}: {exc.strerror}") from None
             ipv6_enabled = True
-        address, prefix = ip.address.split("/")
         try:
-            pod.addr("add", index=link.index, address=address, prefixlen=int(prefix))
+            add_address(pod, link.index, ip.address)
         except Exception as exc:
             raise CNIError(f"failed to add IP addr {ip.address} to {ifname!r}: {exc}") from None
         if ip.gateway:

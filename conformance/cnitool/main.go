@@ -7,7 +7,8 @@
 //
 //	cnitool add|check|del <net> <netns>
 //	cnitool version <type>                 (extra) plugin VERSION info as JSON
-//	cnitool bench <net> <netns> <count>    (extra) timing of ADD/DEL/VERSION
+//	cnitool bench <net> <netns> <count>    (extra) timing of ADD/CHECK/DEL/VERSION
+//	                                       (CHECK only for cniVersion >= 0.4.0)
 //
 // Environment:
 //
@@ -403,16 +404,32 @@ func ms(d time.Duration) float64 {
 func bench(ctx context.Context, cninet *libcni.CNIConfig, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf, count int) error {
 	out := struct {
 		Add     []float64 `json:"add"`
+		Check   []float64 `json:"check"`
 		Del     []float64 `json:"del"`
 		Version []float64 `json:"version"`
-	}{make([]float64, 0, count), make([]float64, 0, count), make([]float64, 0, count)}
+	}{make([]float64, 0, count), make([]float64, 0, count), make([]float64, 0, count),
+		make([]float64, 0, count)}
 
+	// Each round is ADD, CHECK (where the list's version has it), DEL: CHECK reads the
+	// result libcni cached at ADD, as a runtime's periodic CHECK would.
+	withCheck, err := version.GreaterThanOrEqualTo(list.CNIVersion, "0.4.0")
+	if err != nil {
+		return err
+	}
 	for i := 0; i < count; i++ {
 		t := time.Now()
 		if _, err := cninet.AddNetworkList(ctx, list, rt); err != nil {
 			return fmt.Errorf("bench add #%d: %w", i, err)
 		}
 		out.Add = append(out.Add, ms(time.Since(t)))
+
+		if withCheck {
+			t = time.Now()
+			if err := cninet.CheckNetworkList(ctx, list, rt); err != nil {
+				return fmt.Errorf("bench check #%d: %w", i, err)
+			}
+			out.Check = append(out.Check, ms(time.Since(t)))
+		}
 
 		t = time.Now()
 		if err := cninet.DelNetworkList(ctx, list, rt); err != nil {
