@@ -214,6 +214,21 @@ def ensure_address(host: Any, bridge: link.Link, cidr: str, force: bool) -> None
         host.link("set", index=bridge.index, address=mac)
 
 
+def ensure_vlan_gateway(host: Any, bridge: link.Link, conf: BridgeConf) -> link.Link:
+    """With a VLAN the gateway lives on `<bridge>.<vlan>` (the reference's layout): a veth
+    end in the node's namespace whose peer is an access port of that VLAN."""
+    name = f"{conf.bridge}.{conf.vlan}"
+    gateway = link.find(host, name)
+    if gateway is None:
+        port, _ = link.create_veth(host, netns.own_path(), name, conf.mtu)
+        attach_port(host, bridge, port,
+                    conf.model_copy(update={"hairpin_mode": False, "port_isolation": False}))
+        gateway = link.find(host, name)
+        assert gateway is not None
+        host.link("set", index=gateway.index, state="up")
+    return gateway
+
+
 # --- the verbs ------------------------------------------------------------------------------
 
 def cmd_add(args: CmdArgs) -> Result:
@@ -245,8 +260,12 @@ def cmd_add(args: CmdArgs) -> Result:
             result.ips, result.routes, result.dns = assigned.ips, assigned.routes, assigned.dns
             gateways = gateway_addresses(result, conf)
             configure_pod(args, conf, result)
+            holder = bridge
+            if conf.vlan and gateways:
+                holder = ensure_vlan_gateway(host, bridge, conf)
+                result.interfaces.append(Interface(holder.name, holder.mac))
             for cidr in gateways:
-                ensure_address(host, bridge, cidr, conf.force_address)
+                ensure_address(host, holder, cidr, conf.force_address)
                 family = "ipv6/conf/all/forwarding" if ":" in cidr else "ipv4/ip_forward"
                 sysctl.write(f"net/{family}", "1")
             if conf.ip_masq:

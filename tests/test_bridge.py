@@ -438,6 +438,18 @@ def test_vlan_access_port(node: Node, vlan_filtering: None) -> None:
     assert veths(node.host) == []
 
 
+def test_vlan_gateway_lives_on_a_vlan_interface(node: Node, vlan_filtering: None) -> None:
+    conf = node.conf(bridge="br-vgw", vlan=100, isGateway=True)
+    pod = node.pod()
+    result = node.add(conf, pod)
+    names = [i["name"] for i in result["interfaces"]]
+    assert names[3] == "br-vgw.100"
+    gateway = node.host.ip_json("-4", "addr", "show", "dev", "br-vgw.100")[0]
+    assert [a["local"] for a in gateway["addr_info"]] == [result["ips"][0]["gateway"]]
+    assert node.host.ip_json("-4", "addr", "show", "dev", "br-vgw")[0]["addr_info"] == []
+    node.delete(conf, pod)
+
+
 def test_vlan_trunk_without_default_vlan(node: Node, vlan_filtering: None) -> None:
     conf = node.conf(subnets=(), bridge="br-trunk", preserveDefaultVlan=False,
                      vlanTrunk=[{"minID": 101, "maxID": 103}, {"id": 200}])
