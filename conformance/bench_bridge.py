@@ -31,27 +31,26 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from conformance.benchlib import (
+    CNITOOL,
+    IMPLEMENTATIONS,
     REPO,
     SMOKE_ROUNDS,
     RunFailed,
-    batch_orders,
+    Sandbox,
     machine_info,
+    run_cnitool_bench,
     summarize,
     table,
     write_results,
 )
 from conformance.bridgelib import NETWORK, bridge_conflist, pod_addresses
 
-CNITOOL = REPO / "dist" / "cnitool"
-IMPLEMENTATIONS = {"ours": REPO / "dist" / "bin", "reference": Path("/usr/lib/cni")}
 CNI_VERSION = "1.0.0"
 OPTIONS: dict[str, Any] = {"isGateway": True, "ipMasq": True, "hairpinMode": True}
 OPS = ("add", "check", "del")  # cnitool's keys, in table order
@@ -61,96 +60,14 @@ THROUGHPUT_TARGET = 0.95  # ours / reference, medians
 IPERF_PORT = 5201
 
 
-class Sandbox:
-    """One implementation's node: a host namespace, pods on demand, a scratch directory;
-    all removed on exit."""
-
-    def __init__(self, implementation: str) -> None:
-        self.implementation = implementation
-        self.tag = f"{implementation[:3]}-{uuid.uuid4().hex[:8]}"
-        self.host = f"pycni-bench-host-{self.tag}"
-        self.created: list[str] = []
-        self.dir = Path()
-
-    def __enter__(self) -> Sandbox:
-        self.dir = Path(tempfile.mkdtemp(prefix=f"pycni-bench-bridge-{self.implementation}-"))
-        try:
-            self.netns(self.host)
-            netconf = self.dir / "net.d"
-            netconf.mkdir()
-            (netconf / "10-bridge.conflist").write_text(json.dumps(bridge_conflist(
-                CNI_VERSION, self.dir / "ipam", **OPTIONS)))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-        self.created.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def netns(self, name: str) -> str:
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        self.created.append(name)
-        return name
-
-    def pod(self, role: str) -> str:
-        return self.netns(f"pycni-bench-{role}-{self.tag}")
-
-    def cnitool(self, *args: str, container_id: str) -> str:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "NETCONFPATH": str(self.dir / "net.d"),
-            "CNI_PATH": str(IMPLEMENTATIONS[self.implementation]),
-            "CNI_CACHE_DIR": str(self.dir / "cache"),
-            "CNI_IFNAME": "eth0",
-            "CNI_CONTAINERID": container_id,
-        }
-        command = ["ip", "netns", "exec", self.host, str(CNITOOL), *args]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-        if done.returncode != 0:
-            raise RunFailed(f"{self.implementation}: cnitool {args[0]} exited "
-                            f"{done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
-        return done.stdout
-
-    def bench(self, pod: str, rounds: int) -> dict[str, list[float]]:
-        """One `cnitool bench` run; its samples in ms per op."""
-        stdout = self.cnitool("bench", NETWORK, f"/var/run/netns/{pod}", str(rounds),
-                              container_id=f"bench-{self.implementation}")
-        try:
-            samples: dict[str, list[float]] = json.loads(stdout)
-        except ValueError as exc:
-            raise RunFailed(f"{self.implementation}: cnitool bench printed no JSON: "
-                            f"{stdout!r}") from exc
-        return {op: samples[op] for op in OPS}
-
-    def add(self, pod: str) -> str:
-        """ADD `pod` to the bridge; its IPv4 address."""
-        result = json.loads(self.cnitool("add", NETWORK, f"/var/run/netns/{pod}",
-                                         container_id=pod))
-        return pod_addresses(result)[0]
+def add_pod(sandbox: Sandbox, pod: str) -> str:
+    """ADD `pod` to the bridge; its IPv4 address."""
+    result = json.loads(sandbox.cnitool("add", NETWORK, f"/var/run/netns/{pod}",
+                                        container_id=pod))
+    return pod_addresses(result)[0]
 
 
 # --- control plane --------------------------------------------------------------------------
-
-def run_control_plane(sandboxes: dict[str, Sandbox], rounds: int
-                      ) -> tuple[dict[str, dict[str, list[float]]], list[list[str]]]:
-    """All samples per implementation and op, and the order the batches ran in."""
-    samples: dict[str, dict[str, list[float]]] = {
-        name: {op: [] for op in OPS} for name in sandboxes}
-    pods = {name: sandbox.pod("pod") for name, sandbox in sandboxes.items()}
-    order: list[list[str]] = []
-    for name, sandbox in sandboxes.items():  # warm-up, discarded: creates the bridge too
-        sandbox.bench(pods[name], 1)
-    for names, size in batch_orders(rounds, list(sandboxes)):
-        order.append(names)
-        for name in names:
-            for op, values in sandboxes[name].bench(pods[name], size).items():
-                samples[name][op].extend(values)
-    return samples, order
-
 
 # --- data plane -----------------------------------------------------------------------------
 
@@ -197,8 +114,8 @@ def run_data_plane(sandboxes: dict[str, Sandbox], seconds: int, repeats: int
     pairs = {}
     for name, sandbox in sandboxes.items():
         client, server = sandbox.pod("client"), sandbox.pod("server")
-        sandbox.add(client)
-        pairs[name] = (server, client, sandbox.add(server))
+        add_pod(sandbox, client)
+        pairs[name] = (server, client, add_pod(sandbox, server))
     samples: dict[str, list[float]] = {name: [] for name in sandboxes}
     names = list(sandboxes)
     for repeat in range(repeats):
@@ -271,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()  # before the run: its date is when the run started
     try:
         with ExitStack() as stack:
-            sandboxes = {name: stack.enter_context(Sandbox(name)) for name in IMPLEMENTATIONS}
-            samples, order = run_control_plane(sandboxes, rounds)
+            sandboxes = {name: stack.enter_context(Sandbox(
+                name, lambda scratch: bridge_conflist(CNI_VERSION, scratch / "ipam", **OPTIONS)))
+                for name in IMPLEMENTATIONS}
+            samples, order = run_cnitool_bench(sandboxes, rounds, OPS)
             throughput = run_data_plane(sandboxes, seconds, repeats)
     except (RunFailed, subprocess.SubprocessError, OSError) as exc:
         print(f"bench_bridge: {exc}", file=sys.stderr)

@@ -10,12 +10,18 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+CNITOOL = REPO / "dist" / "cnitool"
+IMPLEMENTATIONS = {"ours": REPO / "dist" / "bin", "reference": Path("/usr/lib/cni")}
 BATCHES = 4
 SMOKE_ROUNDS = 3
 
@@ -110,3 +116,90 @@ def write_results(out: Path, name: str, report: dict[str, Any]) -> Path:
     (out / f"{name}-latest.json").write_text(text)
     (out / "latest.json").write_text(text)
     return path
+
+
+class Sandbox:
+    """One implementation's node for cnitool: a host namespace, pods on demand, and a scratch
+    directory holding the conflist `make_conflist(scratch)` as NETCONFPATH; all removed on
+    exit."""
+
+    def __init__(self, implementation: str, make_conflist: Callable[[Path], dict[str, Any]],
+                 ifname: str = "eth0") -> None:
+        self.implementation, self.make_conflist, self.ifname = (
+            implementation, make_conflist, ifname)
+        self.network = ""
+        self.tag = f"{implementation[:3]}-{uuid.uuid4().hex[:8]}"
+        self.host = f"pycni-bench-host-{self.tag}"
+        self.created: list[str] = []
+        self.dir = Path()
+
+    def __enter__(self) -> Sandbox:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"pycni-bench-{self.implementation}-"))
+        try:
+            self.netns(self.host)
+            conflist = self.make_conflist(self.dir)
+            self.network = str(conflist["name"])
+            (self.dir / "net.d").mkdir()
+            (self.dir / "net.d" / "10-net.conflist").write_text(json.dumps(conflist))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.created.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def netns(self, name: str) -> str:
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        self.created.append(name)
+        return name
+
+    def pod(self, role: str) -> str:
+        return self.netns(f"pycni-bench-{role}-{self.tag}")
+
+    def cnitool(self, *args: str, container_id: str) -> str:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "NETCONFPATH": str(self.dir / "net.d"),
+            "CNI_PATH": str(IMPLEMENTATIONS[self.implementation]),
+            "CNI_CACHE_DIR": str(self.dir / "cache"),
+            "CNI_IFNAME": self.ifname,
+            "CNI_CONTAINERID": container_id,
+        }
+        command = ["ip", "netns", "exec", self.host, str(CNITOOL), *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0:
+            raise RunFailed(f"{self.implementation}: cnitool {args[0]} exited "
+                            f"{done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+    def bench(self, pod: str, rounds: int, ops: tuple[str, ...]) -> dict[str, list[float]]:
+        """One `cnitool bench` run (ADD, CHECK, DEL and VERSION timed inside libcni)."""
+        stdout = self.cnitool("bench", self.network, f"/var/run/netns/{pod}", str(rounds),
+                              container_id=f"bench-{self.implementation}")
+        try:
+            samples: dict[str, list[float]] = json.loads(stdout)
+        except ValueError as exc:
+            raise RunFailed(f"{self.implementation}: cnitool bench printed no JSON: "
+                            f"{stdout!r}") from exc
+        return {op: samples[op] for op in ops}
+
+
+def run_cnitool_bench(sandboxes: dict[str, Sandbox], rounds: int, ops: tuple[str, ...]
+                      ) -> tuple[dict[str, dict[str, list[float]]], list[list[str]]]:
+    """All samples per implementation and op, and the order the batches ran in."""
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {op: [] for op in ops} for name in sandboxes}
+    pods = {name: sandbox.pod("pod") for name, sandbox in sandboxes.items()}
+    order: list[list[str]] = []
+    for name, sandbox in sandboxes.items():  # warm-up, discarded: first-exec costs, setup
+        sandbox.bench(pods[name], 1, ops)
+    for names, size in batch_orders(rounds, list(sandboxes)):
+        order.append(names)
+        for name in names:
+            for op, values in sandboxes[name].bench(pods[name], size, ops).items():
+                samples[name][op].extend(values)
+    return samples, order
