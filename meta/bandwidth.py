@@ -280,7 +280,7 @@ def cmd_check(args: CmdArgs) -> None:
 
 def cmd_gc(args: CmdArgs) -> None:
     """Remove this network's IFBs whose attachment is not in the runtime's valid list."""
-    from pycni.ipam.host_local.plugin import valid_attachments
+    from pycni.config import valid_attachments
 
     conf = load_conf(args)
     valid = valid_attachments(args)

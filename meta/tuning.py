@@ -338,7 +338,7 @@ def cmd_status(args: CmdArgs) -> None:
 def cmd_gc(args: CmdArgs) -> None:
     """Drop the saved values of attachments the runtime no longer knows (their pods are
     gone: nothing to restore)."""
-    from pycni.ipam.host_local.plugin import valid_attachments
+    from pycni.config import valid_attachments
 
     conf = load_conf(args, validate=False)
     valid = valid_attachments(args)

@@ -366,7 +366,7 @@ def cmd_status(args: CmdArgs) -> None:
 
 
 def cmd_gc(args: CmdArgs) -> None:
-    from pycni.ipam.host_local.plugin import valid_attachments
+    from pycni.config import valid_attachments
 
     conf = load_conf(args)
     valid = valid_attachments(args)

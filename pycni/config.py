@@ -111,3 +111,15 @@ class Section(BaseModel):
     """A nested config section (e.g. `ipam`): camelCase keys, unknown keys kept."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+
+def valid_attachments(args: CmdArgs) -> set[tuple[str, str]]:
+    """GC's list of live attachments, (containerID, ifname) pairs; the older key too."""
+    raw = args.conf.get("cni.dev/valid-attachments", args.conf.get("cni.dev/attachments"))
+    if raw is None:
+        raise InvalidConfig("GC needs cni.dev/valid-attachments")
+    try:
+        return {(str(item["containerID"]), str(item["ifname"])) for item in raw}
+    except (TypeError, KeyError):
+        raise InvalidConfig("cni.dev/valid-attachments must be a list of "
+                            '{"containerID", "ifname"} objects') from None

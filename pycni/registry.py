@@ -16,6 +16,9 @@ PLUGINS: dict[str, str] = {
     "cnv-bridge": "pycni.plugins.bridge",
     "host-local": "pycni.ipam.host_local.plugin",
     "static": "pycni.ipam.static",
+    "portmap": "pycni.meta.portmap",
+    "tuning": "pycni.meta.tuning",
+    "bandwidth": "pycni.meta.bandwidth",
 }
 # Types that speak fewer versions than spec.ALL (VERSION answers from here, unloaded).
 VERSIONS: dict[str, tuple[str, ...]] = {}

@@ -17,6 +17,7 @@ from pycni.ipam.host_local.disk import Allocation, Allocations, boot_time, curre
 from pycni.ipam.host_local.ranges import RangeSet, parse_ip
 
 from pycni import config, log, spec
+from pycni.config import valid_attachments
 from pycni.errors import CNIError, IncompatibleVersion, InvalidConfig, IOFailure, NotReady
 from pycni.result import IPConfig, Result, Route
 from pycni.skel import CmdArgs, Plugin
@@ -274,17 +275,6 @@ def cmd_check(args: CmdArgs) -> None:
         if not any(range_set.range_for(a.address) for a in mine):
             raise CNIError(f"host-local: no address of range set {index} ({range_set}) is "
                            f"allocated to {args.container_id}/{args.ifname}")
-
-
-def valid_attachments(args: CmdArgs) -> set[tuple[str, str]]:
-    raw = args.conf.get("cni.dev/valid-attachments", args.conf.get("cni.dev/attachments"))
-    if raw is None:
-        raise InvalidConfig("GC needs cni.dev/valid-attachments")
-    try:
-        return {(str(item["containerID"]), str(item["ifname"])) for item in raw}
-    except (TypeError, KeyError):
-        raise InvalidConfig("cni.dev/valid-attachments must be a list of "
-                            '{"containerID", "ifname"} objects') from None
 
 
 def collect(allocations: Allocations, keep: set[tuple[str, str]] | None,
