@@ -11,6 +11,7 @@ namespace is never touched.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -384,3 +385,26 @@ def test_invalid_input_is_code_7(keys: dict[str, Any], message: str, node: Node)
     error = portmap(node, "ADD", portmap_conf("1.0.0", mappings, prev, **keys), pod).error(7)
     assert message in error["msg"]
     assert nat_state(node) == before
+
+
+@pytest.mark.skipif(not shutil.which("conntrack"), reason="the conntrack command is not installed")
+def test_stale_udp_conntrack_entries_are_flushed(node: Node, client: Client) -> None:
+    """A UDP flow to the node's port before the mapping existed keeps an unmapped conntrack
+    entry; ADD must drop it or the client never reaches the pod."""
+    pod = node.pod()
+    prev = attach(node, pod, subnets=(SUBNET4,))
+    # A node tracks connections once a rule needs it (kube-proxy's do); so must this one.
+    node.host.run("iptables", "-t", "filter", "-A", "INPUT", "-m", "conntrack", "--ctstate",
+                  "INVALID", "-j", "DROP")
+    client.netns.run(sys.executable, "-c", "import socket; s=socket.socket(socket.AF_INET, "
+                     f"socket.SOCK_DGRAM); s.bind(('', 40000)); s.sendto(b'x', ('{NODE4}', 8053))")
+    listed = node.host.run("conntrack", "-L", "-p", "udp", "--orig-port-dst", "8053",
+                           check=False).stdout
+    assert NODE4 in listed  # the stale entry exists
+    conf = portmap_conf("1.0.0", [mapping(8053, 53, "udp")], prev)
+    portmap(node, "ADD", conf, pod, "ctr-1").ok()
+    listed = node.host.run("conntrack", "-L", "-p", "udp", "--orig-port-dst", "8053",
+                           check=False).stdout
+    assert NODE4 not in listed
+    with servers(pod, "4", 53):
+        assert client.ask("udp", NODE4, 8053) == CLIENT4
