@@ -38,14 +38,14 @@ from pydantic import Field
 from pycni import config, link, sysctl
 from pycni.errors import CNIError, InvalidConfig, NotReady
 from pycni.firewall import (
-    _ipt,
-    _ipt_has,
-    _iptables_rules,
-    _nft,
-    _nft_delete_handles,
-    _nft_rules,
     chain_name,
     detect_backend,
+    ipt,
+    ipt_has,
+    iptables_rules,
+    nft_apply,
+    nft_delete_handles,
+    nft_list_rules,
 )
 from pycni.result import Result
 from pycni.skel import CmdArgs, Plugin
@@ -247,31 +247,31 @@ def iptables_add(conf: PortMapConf, container_id: str,
     with node_lock():
         shared = [DNAT_CHAIN] + ([SETMARK_CHAIN, MASQ_CHAIN]
                                  if conf.snat and not conf.external_set_mark_chain else [])
-        present = _ipt(family, "-S").split()
+        present = ipt(family, "-S").split()
         for chain in shared:
             if chain not in present:
-                _ipt(family, "-N", chain, check=False)  # a concurrent ADD may win: fine
+                ipt(family, "-N", chain, check=False)  # a concurrent ADD may win: fine
         for rule in toplevel_rules(conf):
-            if not _ipt_has(family, *rule):
+            if not ipt_has(family, *rule):
                 # POSTROUTING first: the bridge's and ptp's masquerade rules follow it.
-                _ipt(family, "-I" if rule[0] == "POSTROUTING" else "-A", *rule)
+                ipt(family, "-I" if rule[0] == "POSTROUTING" else "-A", *rule)
         rules, jumps = container_rules(conf, container_id, address)
         _iptables_remove(family, dnat_chain(conf, container_id))
-        _ipt(family, "-N", dnat_chain(conf, container_id))
+        ipt(family, "-N", dnat_chain(conf, container_id))
         for rule in (*rules, *jumps):
-            _ipt(family, "-A", *rule)
+            ipt(family, "-A", *rule)
 
 
 def _iptables_remove(family: str, chain: str) -> None:
     """Drop a container chain and every jump to it; none is fine."""
-    rules = _iptables_rules(family)
+    rules = iptables_rules(family)
     if not any(rule[1] == chain or rule[-2:] == ["-j", chain] for rule in rules):
         return
     for rule in rules:
         if rule[1] == DNAT_CHAIN and rule[-2:] == ["-j", chain]:
-            _ipt(family, "-D", *rule[1:], check=False)
-    _ipt(family, "-F", chain, check=False)
-    _ipt(family, "-X", chain, check=False)
+            ipt(family, "-D", *rule[1:], check=False)
+    ipt(family, "-F", chain, check=False)
+    ipt(family, "-X", chain, check=False)
 
 
 def iptables_check(conf: PortMapConf, container_id: str,
@@ -279,7 +279,7 @@ def iptables_check(conf: PortMapConf, container_id: str,
     family = _family(address)
     rules, jumps = container_rules(conf, container_id, address)
     for rule in (*toplevel_rules(conf), *rules, *jumps):
-        if not _ipt_has(family, *rule):
+        if not ipt_has(family, *rule):
             raise CNIError(f"IPv{family} port forwarding rule missing in chain {rule[0]}: "
                            f"{' '.join(rule[1:])}")
 
@@ -287,7 +287,7 @@ def iptables_check(conf: PortMapConf, container_id: str,
 def _iptables_owners(family: str) -> dict[str, tuple[str, str]]:
     """Container chains by name, with the (network, container) their jumps' comments name."""
     owners = {}
-    for rule in _iptables_rules(family):
+    for rule in iptables_rules(family):
         if rule[1] == DNAT_CHAIN and "--comment" in rule and rule[-2] == "-j":
             text = rule[rule.index("--comment") + 1]
             prefix = 'dnat name: "'
@@ -339,13 +339,13 @@ def nft_add(conf: PortMapConf, container_id: str, ifname: str,
     for address in addresses:
         script += "".join(f"add rule inet {NFT_TABLE} {chain} {rule}\n"
                           for chain, rule in nft_rules(conf, address, comment))
-    _nft(script)
+    nft_apply(script)
 
 
 def nft_del(comment: str) -> None:
     for chain in NFT_CHAINS:
-        _nft_delete_handles("inet", NFT_TABLE, chain,
-                            [r["handle"] for r in _nft_rules("inet", NFT_TABLE, chain)
+        nft_delete_handles("inet", NFT_TABLE, chain,
+                            [r["handle"] for r in nft_list_rules("inet", NFT_TABLE, chain)
                              if r.get("comment") == comment])
 
 
@@ -355,7 +355,7 @@ def nft_check(conf: PortMapConf, container_id: str, ifname: str,
     for chain in NFT_CHAINS:
         expected = sum(1 for address in addresses
                        for owner, _ in nft_rules(conf, address, comment) if owner == chain)
-        present = sum(1 for r in _nft_rules("inet", NFT_TABLE, chain)
+        present = sum(1 for r in nft_list_rules("inet", NFT_TABLE, chain)
                       if r.get("comment") == comment)
         if present != expected:
             raise CNIError(f"nftables chain inet {NFT_TABLE} {chain} holds {present} port "
@@ -461,12 +461,12 @@ def cmd_gc(args: CmdArgs) -> None:
         return
     for chain in NFT_CHAINS:
         stale = []
-        for rule in _nft_rules("inet", NFT_TABLE, chain):
+        for rule in nft_list_rules("inet", NFT_TABLE, chain):
             words = str(rule.get("comment", "")).split(" ")
             if len(words) == 4 and words[0] == "pycni-portmap" and words[1] == conf.name and (
                     (words[2], words[3]) not in valid):
                 stale.append(rule["handle"])
-        _nft_delete_handles("inet", NFT_TABLE, chain, stale)
+        nft_delete_handles("inet", NFT_TABLE, chain, stale)
 
 
 def cmd_status(args: CmdArgs) -> None:

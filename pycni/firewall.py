@@ -56,11 +56,11 @@ def _iptables(family: str) -> str:
     return "ip6tables" if family == "6" else "iptables"
 
 
-def _ipt(family: str, *args: str, check: bool = True) -> str:
+def ipt(family: str, *args: str, check: bool = True) -> str:
     return _run([_iptables(family), "-w", "-t", "nat", *args], check=check)
 
 
-def _ipt_has(family: str, *rule: str) -> bool:
+def ipt_has(family: str, *rule: str) -> bool:
     done = subprocess.run([_iptables(family), "-w", "-t", "nat", "-C", *rule],
                           capture_output=True)
     return done.returncode == 0
@@ -73,19 +73,19 @@ def _iptables_add(network: str, container_id: str, cidr: str) -> None:
     family = str(iface.version)
     chain, comment = chain_name(network, container_id), iptables_comment(network, container_id)
     multicast = "ff00::/8" if family == "6" else "224.0.0.0/4"
-    if chain not in _ipt(family, "-S").split():
-        _ipt(family, "-N", chain, check=False)
+    if chain not in ipt(family, "-S").split():
+        ipt(family, "-N", chain, check=False)
     for rule in ((chain, "-d", str(iface.network), "-j", "ACCEPT", "-m", "comment",
                   "--comment", comment),
                  (chain, "!", "-d", multicast, "-j", "MASQUERADE", "-m", "comment",
                   "--comment", comment),
                  ("POSTROUTING", "-s", str(iface.ip), "-j", chain, "-m", "comment",
                   "--comment", comment)):
-        if not _ipt_has(family, *rule):
-            _ipt(family, "-A", *rule)
+        if not ipt_has(family, *rule):
+            ipt(family, "-A", *rule)
 
 
-def _iptables_rules(family: str) -> list[list[str]]:
+def iptables_rules(family: str) -> list[list[str]]:
     """The nat table's rules as `iptables-save` argument lists (`-A CHAIN ...`)."""
     if not shutil.which(f"{_iptables(family)}-save"):
         return []
@@ -96,15 +96,15 @@ def _iptables_rules(family: str) -> list[list[str]]:
 def _iptables_remove_chain(family: str, chain: str, rules: list[list[str]]) -> None:
     for rule in rules:
         if rule[1] == "POSTROUTING" and rule[-2:] == ["-j", chain]:
-            _ipt(family, "-D", *rule[1:], check=False)
-    _ipt(family, "-F", chain, check=False)
-    _ipt(family, "-X", chain, check=False)
+            ipt(family, "-D", *rule[1:], check=False)
+    ipt(family, "-F", chain, check=False)
+    ipt(family, "-X", chain, check=False)
 
 
 def _iptables_owners(family: str) -> dict[str, tuple[str, str]]:
     """CNI chains by name, with the (network, container) their comments name."""
     owners = {}
-    for rule in _iptables_rules(family):
+    for rule in iptables_rules(family):
         if rule[1].startswith("CNI-") and "--comment" in rule:
             text = rule[rule.index("--comment") + 1]
             if text.startswith('name: "') and '" id: "' in text and text.endswith('"'):
@@ -119,11 +119,11 @@ def nft_comment(network: str, container_id: str, ifname: str) -> str:
     return f"pycni {network} {container_id} {ifname}"
 
 
-def _nft(script: str) -> None:
+def nft_apply(script: str) -> None:
     _run(["nft", "-f", "-"], stdin=script)
 
 
-def _nft_rules(family: str, table: str, chain: str) -> list[dict[str, object]]:
+def nft_list_rules(family: str, table: str, chain: str) -> list[dict[str, object]]:
     if not shutil.which("nft"):
         return []
     text = _run(["nft", "-j", "-a", "list", "chain", family, table, chain], check=False)
@@ -139,7 +139,7 @@ def _nft_add(network: str, container_id: str, ifname: str, cidr: str) -> None:
     ip = "ip6" if iface.version == 6 else "ip"
     multicast = "ff00::/8" if iface.version == 6 else "224.0.0.0/4"
     comment = nft_comment(network, container_id, ifname)
-    _nft(f"add table inet {NFT_TABLE}\n"
+    nft_apply(f"add table inet {NFT_TABLE}\n"
          f"add chain inet {NFT_TABLE} postrouting "
          "{ type nat hook postrouting priority srcnat; policy accept; }\n"
          f"add rule inet {NFT_TABLE} postrouting {ip} saddr {iface.ip} "
@@ -147,7 +147,7 @@ def _nft_add(network: str, container_id: str, ifname: str, cidr: str) -> None:
          f'comment "{comment}"\n')
 
 
-def _nft_delete_handles(family: str, table: str, chain: str, handles: Iterable[object]) -> None:
+def nft_delete_handles(family: str, table: str, chain: str, handles: Iterable[object]) -> None:
     script = "".join(f"delete rule {family} {table} {chain} handle {h}\n" for h in handles)
     if script:
         _run(["nft", "-f", "-"], stdin=script, check=False)
@@ -168,13 +168,13 @@ def masquerade_del(network: str, container_id: str, ifname: str) -> None:
     """Remove the attachment's masquerade rules from both backends; none is fine."""
     chain = chain_name(network, container_id)
     for family in ("4", "6"):
-        rules = _iptables_rules(family)
+        rules = iptables_rules(family)
         if any(rule[1] == chain for rule in rules) or any(
                 rule[-2:] == ["-j", chain] for rule in rules):
             _iptables_remove_chain(family, chain, rules)
     comment = nft_comment(network, container_id, ifname)
-    _nft_delete_handles("inet", NFT_TABLE, "postrouting",
-                        [r["handle"] for r in _nft_rules("inet", NFT_TABLE, "postrouting")
+    nft_delete_handles("inet", NFT_TABLE, "postrouting",
+                        [r["handle"] for r in nft_list_rules("inet", NFT_TABLE, "postrouting")
                          if r.get("comment") == comment])
 
 
@@ -184,14 +184,14 @@ def masquerade_gc(network: str, valid: set[tuple[str, str]]) -> None:
     for family in ("4", "6"):
         for chain, (owner_net, container) in _iptables_owners(family).items():
             if owner_net == network and container not in containers:
-                _iptables_remove_chain(family, chain, _iptables_rules(family))
+                _iptables_remove_chain(family, chain, iptables_rules(family))
     stale = []
-    for rule in _nft_rules("inet", NFT_TABLE, "postrouting"):
+    for rule in nft_list_rules("inet", NFT_TABLE, "postrouting"):
         words = str(rule.get("comment", "")).split(" ")
         if len(words) == 4 and words[0] == "pycni" and words[1] == network and (
                 (words[2], words[3]) not in valid):
             stale.append(rule["handle"])
-    _nft_delete_handles("inet", NFT_TABLE, "postrouting", stale)
+    nft_delete_handles("inet", NFT_TABLE, "postrouting", stale)
 
 
 # --- MAC spoof check (nftables, bridge family) -----------------------------------------------
@@ -207,7 +207,7 @@ def _spoof_chain(ref: str) -> str:
 def spoofcheck_add(network: str, host_iface: str, mac: str, ref: str) -> None:
     """Drop frames entering from `host_iface` whose source MAC is not `mac`."""
     chain, comment = _spoof_chain(ref), f"macspoofchk-{ref}"
-    _nft(f"add table bridge {SPOOF_TABLE}\n"
+    nft_apply(f"add table bridge {SPOOF_TABLE}\n"
          f"add chain bridge {SPOOF_TABLE} {SPOOF_BASE} "
          "{ type filter hook prerouting priority -300; policy accept; }\n"
          f"add chain bridge {SPOOF_TABLE} {chain}\n"
@@ -226,10 +226,10 @@ def spoofcheck_add(network: str, host_iface: str, mac: str, ref: str) -> None:
 
 def spoofcheck_del(ref: str) -> None:
     chain, comment = _spoof_chain(ref), f"macspoofchk-{ref}"
-    _nft_delete_handles("bridge", SPOOF_TABLE, SPOOF_BASE,
-                        [r["handle"] for r in _nft_rules("bridge", SPOOF_TABLE, SPOOF_BASE)
+    nft_delete_handles("bridge", SPOOF_TABLE, SPOOF_BASE,
+                        [r["handle"] for r in nft_list_rules("bridge", SPOOF_TABLE, SPOOF_BASE)
                          if r.get("comment") == comment])
-    if _nft_rules("bridge", SPOOF_TABLE, chain) or _nft_rules("bridge", SPOOF_TABLE,
+    if nft_list_rules("bridge", SPOOF_TABLE, chain) or nft_list_rules("bridge", SPOOF_TABLE,
                                                                f"{chain}-mac"):
         _run(["nft", "-f", "-"], check=False,
              stdin=f"delete chain bridge {SPOOF_TABLE} {chain}\n"
