@@ -198,9 +198,7 @@ def redirect_target(host: Any, index: int) -> int | None:
 
 def cmd_add(args: CmdArgs) -> Result:
     conf = load_conf(args)
-    prev = args.prev_result
-    if prev is None:
-        raise InvalidConfig("bandwidth must be called as a chained plugin: prevResult missing")
+    prev = args.require_prev_result()
     if not (conf.shapes_ingress or conf.shapes_egress):
         return prev
     with link.socket() as host, ExitStack() as undo:
@@ -256,9 +254,7 @@ def tbf_problem(host: Any, index: int, name: str, rate_bits: int, burst_bits: in
 
 def cmd_check(args: CmdArgs) -> None:
     conf = load_conf(args)
-    prev = args.prev_result
-    if prev is None:
-        raise InvalidConfig("bandwidth must be called as a chained plugin: prevResult missing")
+    prev = args.require_prev_result()
     with link.socket() as host:
         port = host_veth(host, args, prev)
         if conf.shapes_ingress:

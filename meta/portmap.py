@@ -392,9 +392,7 @@ def flush_udp_conntrack(conf: PortMapConf) -> None:
 
 def cmd_add(args: CmdArgs) -> Result:
     conf = load_conf(args)
-    prev = args.prev_result
-    if prev is None:
-        raise InvalidConfig("must be called as a chained plugin: prevResult missing")
+    prev = args.require_prev_result()
     if not conf.port_mappings:
         return prev
     addresses = pod_addresses(prev, args.ifname)
@@ -431,9 +429,7 @@ def cmd_del(args: CmdArgs) -> None:
 
 def cmd_check(args: CmdArgs) -> None:
     conf = load_conf(args)
-    prev = args.prev_result
-    if prev is None:
-        raise InvalidConfig("must be called as a chained plugin: prevResult missing")
+    prev = args.require_prev_result()
     if not conf.port_mappings:
         return
     addresses = pod_addresses(prev, args.ifname)

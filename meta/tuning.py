@@ -247,9 +247,7 @@ def restore(args: CmdArgs, state: dict[str, Any]) -> list[str]:
 
 def cmd_add(args: CmdArgs) -> Result:
     conf = load_conf(args)
-    prev = args.prev_result
-    if prev is None:
-        raise InvalidConfig("required prevResult missing: tuning must be chained")
+    prev = args.require_prev_result()
     sysctls = {sysctl_path(key, args.ifname): value for key, value in conf.sysctl.items()}
     wanted = wanted_link(conf)
 
@@ -310,8 +308,7 @@ def cmd_del(args: CmdArgs) -> None:
 
 def cmd_check(args: CmdArgs) -> None:
     conf = load_conf(args)
-    if args.prev_result is None:
-        raise InvalidConfig("required prevResult missing: tuning must be chained")
+    args.require_prev_result()
     with netns.entered(args.netns):
         for key, value in conf.sysctl.items():
             path = sysctl_path(key, args.ifname)

@@ -83,6 +83,14 @@ class CmdArgs:
 
         return Result.from_dict(raw)
 
+    def require_prev_result(self) -> Result:
+        """The previous plugin's result, which a chained plugin cannot work without."""
+        prev = self.prev_result
+        if prev is None:
+            raise InvalidConfig(f"{self.conf.get('type') or 'this plugin'} must be called as a "
+                                "chained plugin: prevResult missing")
+        return prev
+
 
 Handler = Callable[[CmdArgs], "Result | None"]
 
