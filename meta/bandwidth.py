@@ -112,12 +112,8 @@ def host_veth(host: Any, args: CmdArgs, prev: Result | None) -> link.Link:
         inside = link.find(pod, args.ifname)
     if inside is None or inside.kind != "veth" or not inside.peer:
         raise CNIError(f"container interface {args.ifname!r} has no veth peer")
-    try:
-        peer = link.get(host, inside.peer)
-    except Exception:  # NetlinkError: no such index here
-        raise CNIError(f"veth peer with index {inside.peer} of {args.ifname!r} is not in the "
-                       "host namespace") from None
-    if peer.kind != "veth" or peer.peer != inside.index:
+    peer = link.veth_peer(host, inside)
+    if peer is None:
         raise CNIError(f"veth peer with index {inside.peer} of {args.ifname!r} is not in the "
                        "host namespace")
     if prev is not None and prev.interfaces and not any(

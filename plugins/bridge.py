@@ -346,9 +346,8 @@ def cmd_check(args: CmdArgs) -> None:
                 raise CNIError(f"{args.ifname!r} MAC {inside.mac} is not {pod_entry.mac}")
             held = set(link.addresses(pod, inside.index))
             present = link.routes(pod, inside.index)
-        peer = next((link.get(host, i.index) for i in map(link.Link, host.get_links())
-                     if i.index == inside.peer), None)
-        if peer is None or peer.peer != inside.index or peer.master != bridge.index:
+        peer = link.veth_peer(host, inside)
+        if peer is None or peer.master != bridge.index:
             raise CNIError(f"the host end of {args.ifname!r} is not a port of {conf.bridge!r}")
     for ip in prev.ips:
         if ip.interface == 2 and ip.address not in held:

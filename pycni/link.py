@@ -80,6 +80,18 @@ def get(ipr: IPRoute, index: int) -> Link:
     return Link(ipr.get_links(index)[0])
 
 
+def veth_peer(host: IPRoute, inside: Link) -> Link | None:
+    """The other end of the veth `inside` (read in its own namespace) when that end is in
+    `host`'s namespace; None otherwise."""
+    if inside.kind != "veth" or not inside.peer:
+        return None
+    try:
+        peer = get(host, inside.peer)
+    except Exception:  # NetlinkError: no link of that index here
+        return None
+    return peer if peer.kind == "veth" and peer.peer == inside.index else None
+
+
 def addresses(ipr: IPRoute, index: int, family: int | None = None) -> list[str]:
     """The link's addresses as CIDRs (global and link scope, as `ip addr` shows them)."""
     kwargs = {"index": index} if family is None else {"index": index, "family": family}
