@@ -19,6 +19,7 @@ PLUGINS: dict[str, str] = {
     "portmap": "pycni.meta.portmap",
     "tuning": "pycni.meta.tuning",
     "bandwidth": "pycni.meta.bandwidth",
+    "flannel": "pycni.plugins.flannel.plugin",
 }
 # Types that speak fewer versions than spec.ALL (VERSION answers from here, unloaded).
 VERSIONS: dict[str, tuple[str, ...]] = {}
