@@ -37,11 +37,12 @@ def admin(args: list[str]) -> int:
     from pycni import __version__
 
     if not args or args[0] in ("-h", "--help", "help"):
-        print("usage: pycni <type> | version | types | ipam ls|gc\n"
+        print("usage: pycni <type> | version | types | ipam ls|gc | flanneld\n"
               "  <type>   run the plugin of that CNI type (CNI_* environment, config on stdin)\n"
               "  version  print pycni's version and the CNI versions it speaks\n"
               "  types    list the CNI types this build provides\n"
-              "  ipam     list host-local allocations, free leaked ones (pycni ipam --help)",
+              "  ipam     list host-local allocations, free leaked ones (pycni ipam --help)\n"
+              "  flanneld the flannel node agent (pycni flanneld --help)",
               file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     command = args[0]
@@ -56,6 +57,10 @@ def admin(args: list[str]) -> int:
         from pycni.ipam.host_local import admin as ipam_admin
 
         return ipam_admin.main(args[1:])
+    if command == "flanneld":
+        from pycni.plugins.flannel import agent
+
+        return agent.main(args[1:])
     if command == "types":
         print("\n".join(sorted(registry.PLUGINS)))
         return 0
