@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import NetnsFactory
+from tests.etcdlib import EtcdServer, needs_etcd
 from tests.flannelcluster import Cluster, Node, wait_for
+from tests.kubeapi import KubeApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.kernel
 SEEDS = Path(__file__).parent / "seeds"
@@ -234,3 +237,83 @@ def test_agent_exits_cleanly_on_sigterm_and_keeps_the_data_plane(make_cluster: A
     assert wait_for(lambda: expect_vxlan_peers(first, [second]), 5)
     assert first.stop_agent(signal.SIGTERM) == 0
     assert expect_vxlan_peers(first, [second])
+
+
+@needs_etcd
+def test_etcd_store_two_agents_renew_and_survive_an_etcd_restart(
+        make_cluster: Any, tmp_path: Path) -> None:
+    cluster = make_cluster(seed_net_conf("vxlan"), nodes=2, start=False, store="etcd",
+                           lease_ttl=6)
+    etcd = EtcdServer(cluster.underlay, "192.168.0.1", tmp_path / "etcd")
+    etcd.start()
+    try:
+        etcd.etcdctl("put", "/coreos.com/network/config", json.dumps(seed_net_conf("vxlan")))
+        cluster.extra_store_args = ["--etcd-endpoints", etcd.url]
+        cluster.start()
+        first, second = cluster.nodes
+        assert first.subnet() != second.subnet()
+        assert wait_for(lambda: expect_vxlan_peers(first, [second]), 5)
+        keys = etcd.etcdctl("get", "--prefix", "--keys-only",
+                            "/coreos.com/network/subnets/").stdout.split()
+        assert sorted(keys) == sorted(
+            f"/coreos.com/network/subnets/{n.subnet().replace('/', '-')}" for n in cluster.nodes)
+        value = json.loads(etcd.etcdctl(
+            "get", "--print-value-only",
+            f"/coreos.com/network/subnets/{first.subnet().replace('/', '-')}").stdout)
+        assert value["PublicIP"] == first.address and value["BackendType"] == "vxlan"
+        assert value["BackendData"]["VtepMAC"] == first.netns.link("flannel.1")["address"]
+        # etcd goes away longer than a renewal period: the data plane stays
+        etcd.stop()
+        time.sleep(4)
+        assert expect_vxlan_peers(first, [second]) and expect_vxlan_peers(second, [first])
+        assert first.agent is not None and first.agent.poll() is None
+        etcd.start()
+        # leases renew past their ttl once etcd is back, and nobody lost a subnet
+        time.sleep(8)
+        after = etcd.etcdctl("get", "--prefix", "--keys-only",
+                             "/coreos.com/network/subnets/").stdout.split()
+        assert sorted(after) == sorted(keys)
+        assert wait_for(lambda: expect_vxlan_peers(first, [second]), 5)
+        assert "renewed lease" in first.agent_log.read_text()
+    finally:
+        cluster.close()
+        etcd.stop()
+
+
+def test_kubernetes_store_nodes_podcidr_annotations_and_watch(make_cluster: Any,
+                                                              tmp_path: Path) -> None:
+    cluster = make_cluster(seed_net_conf("vxlan"), nodes=2, start=False, store="kube")
+    with KubeApiServer(cluster.underlay.path, host="192.168.0.1", port=6443,
+                       token="agent-token") as server:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url, "agent-token")
+        for node, cidr in zip(cluster.nodes, ("10.244.7.0/24", "10.244.9.0/24"), strict=True):
+            server.add_node(node.name, pod_cidr=cidr, address=node.address)
+        cluster.extra_store_args = ["--kube-subnet-mgr", "--kubeconfig-file", str(kubeconfig)]
+        cluster.start()
+        first, second = cluster.nodes
+        assert (first.subnet(), second.subnet()) == ("10.244.7.0/24", "10.244.9.0/24")
+        annotations = server.node("node1")["metadata"]["annotations"]
+        assert annotations["flannel.alpha.coreos.com/backend-type"] == "vxlan"
+        assert annotations["flannel.alpha.coreos.com/public-ip"] == first.address
+        assert annotations["flannel.alpha.coreos.com/kube-subnet-manager"] == "true"
+        assert json.loads(annotations["flannel.alpha.coreos.com/backend-data"]) == {
+            "VNI": 1, "VtepMAC": first.netns.link("flannel.1")["address"]}
+        assert wait_for(lambda: expect_vxlan_peers(first, [second]), 5), vxlan_view(first)
+        # a third node joins through the API only; then it is deleted
+        third = cluster.add_node(3)
+        cluster.nodes.append(third)
+        server.add_node("node3", pod_cidr="10.244.3.0/24")
+        third.start_agent()
+        assert third.subnet() == "10.244.3.0/24"
+        assert wait_for(lambda: expect_vxlan_peers(first, [second, third]), 5), vxlan_view(first)
+        third.stop_agent()
+        server.delete_node("node3")
+        assert wait_for(lambda: expect_vxlan_peers(first, [second]), 5), vxlan_view(first)
+        # the API goes away: routes stay; it returns: the agents follow again
+        server.stop()
+        time.sleep(2)
+        assert expect_vxlan_peers(first, [second])
+        server.start()
+        server.annotate_node("node2", **{"flannel.alpha.coreos.com/public-ip": second.address})
+        assert wait_for(lambda: expect_vxlan_peers(second, [first]), 10)
+        cluster.close()

@@ -1,0 +1,169 @@
+"""The users' default pod network end to end: flannel agents on three sandbox nodes, pods made
+through libcni from the seed conflist (flannel + portmap) unchanged, and the traffic flows of
+shared/seeds/README.md traced on the wire.
+
+Flows: pod to pod on one node (across cni0); pod to pod across nodes (VXLAN on UDP 8472 with
+VNI 1 between the nodes' addresses, or plain routing with host-gw and DirectRouting); pod to an
+"outside" server, masqueraded to the node's address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.conftest import CNITOOL, DIST_BIN
+from tests.conftest import Netns, NetnsFactory
+from tests.flannelcluster import OUTSIDE_ADDRESS, Cluster, Node
+
+pytestmark = [pytest.mark.conformance, pytest.mark.kernel]
+SEEDS = Path(__file__).resolve().parents[1] / "tests" / "seeds"
+PROGRAM = [str(DIST_BIN / "pycni.bundle" / "pycni")]
+
+
+class Pod:
+    def __init__(self, node: Node, netns: Netns, workdir: Path, container_id: str,
+                 result: dict[str, Any]) -> None:
+        self.node, self.netns, self.workdir = node, netns, workdir
+        self.container_id, self.result = container_id, result
+        self.address = result["ips"][0]["address"].split("/")[0]
+
+    def ping(self, address: str, size: int = 56,
+             count: int = 1) -> subprocess.CompletedProcess[str]:
+        return self.netns.run("ping", "-c", str(count), "-W", "2", "-M", "do", "-s", str(size),
+                              address, check=False)
+
+
+def cnitool(node: Node, workdir: Path, container_id: str, *args: str) -> dict[str, Any] | None:
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "NETCONFPATH": str(workdir / "net.d"), "CNI_PATH": str(DIST_BIN),
+           "CNI_CACHE_DIR": str(workdir / "cache"), "CNI_IFNAME": "eth0",
+           "CNI_CONTAINERID": container_id}
+    done = subprocess.run(node.argv(str(CNITOOL), *args), env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"cnitool {args[0]} on {node.name}: {done.stderr}{done.stdout}"
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+@pytest.fixture
+def cluster_factory(built: None, netns_factory: NetnsFactory,
+                    tmp_path: Path) -> Iterator[Any]:
+    made: list[tuple[Cluster, list[Pod]]] = []
+
+    def make(net_conf: str, nodes: int = 3) -> tuple[Cluster, Any]:
+        conf = json.loads((SEEDS / f"net-conf.{net_conf}.json").read_text())
+        cluster = Cluster(netns_factory, tmp_path / f"c{len(made)}", conf, nodes,
+                          program=PROGRAM)
+        pods: list[Pod] = []
+        made.append((cluster, pods))
+        cluster.start()
+
+        def add_pod(node: Node) -> Pod:
+            netns = netns_factory(f"pod-{node.name}")
+            container_id = f"pod-{uuid.uuid4().hex[:10]}"
+            workdir = node.dir / container_id
+            (workdir / "net.d").mkdir(parents=True)
+            conflist = (SEEDS / "10-flannel.conflist").read_text()   # unchanged
+            (workdir / "net.d" / "10-flannel.conflist").write_text(conflist)
+            result = cnitool(node, workdir, container_id, "add", "cbr0", netns.path)
+            assert result is not None
+            pod = Pod(node, netns, workdir, container_id, result)
+            pods.append(pod)
+            return pod
+        return cluster, add_pod
+
+    yield make
+    for cluster, pods in made:
+        for pod in pods:
+            cnitool(pod.node, pod.workdir, pod.container_id, "del", "cbr0", pod.netns.path)
+        cluster.close()
+
+
+def capture(netns: Netns, iface: str, expression: str, action: Any,
+            count: int = 1) -> list[str]:
+    """tcpdump lines of `count` packets matching `expression` seen on `iface` while
+    `action()` runs."""
+    process = subprocess.Popen(["ip", "netns", "exec", netns.name, "tcpdump", "-l", "-nn",
+                                "-i", iface, "-c", str(count), *expression.split()],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)   # tcpdump attaches
+        action()
+        out, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out.splitlines()
+
+
+def test_vxlan_flows_through_libcni_with_the_seed_conflist(cluster_factory: Any) -> None:
+    cluster, add_pod = cluster_factory("vxlan")
+    node1, node2, _ = cluster.nodes
+    a, b = add_pod(node1), add_pod(node1)
+    c = add_pod(node2)
+    for pod in (a, b, c):
+        gateway = str(pod.result["ips"][0]["gateway"])
+        assert pod.address.startswith(gateway.rsplit(".", 1)[0] + ".")
+        routes = {r["dst"]: r.get("gateway") for r in pod.netns.ip_json("route", "show")}
+        assert routes["default"] == gateway and routes["10.244.0.0/16"] == gateway
+        assert pod.netns.link("eth0")["mtu"] == 1450
+    cni0 = node1.ip_json("-4", "addr", "show", "dev", "cni0")[0]["addr_info"][0]
+    assert f"{cni0['local']}/{cni0['prefixlen']}" == node1.wait_ready()["FLANNEL_SUBNET"]
+
+    # 1. same node: across cni0, nothing on the underlay
+    assert a.ping(b.address).returncode == 0
+
+    # 4. across nodes: VXLAN between the node addresses, UDP 8472, VNI 1; 1400 bytes, DF set
+    lines = capture(cluster.underlay, "br0", "-T vxlan udp port 8472",
+                    lambda: a.ping(c.address, size=1400))
+    seen = "\n".join(lines)
+    assert f"IP {node1.address}." in seen and f"> {node2.address}.8472: VXLAN" in seen, seen
+    assert "vni 1" in seen and f"{a.address} > {c.address}: ICMP echo request" in seen, seen
+    assert "length 1408" in seen, seen          # 1400 bytes of payload, unfragmented
+    assert a.ping(c.address, size=1400).returncode == 0
+
+    # 3. outside: masqueraded to the node's address
+    seen = capture(cluster.outside, "eth0", "icmp[icmptype] == icmp-echo",
+                   lambda: a.ping(OUTSIDE_ADDRESS))
+    assert a.ping(OUTSIDE_ADDRESS).returncode == 0
+    assert seen and re.search(rf"IP {re.escape(node1.address)} > {OUTSIDE_ADDRESS}", seen[0]), \
+        seen
+
+
+@pytest.mark.parametrize("net_conf", ["host-gw", "vxlan-directrouting"])
+def test_routed_backends_carry_pod_traffic_without_encapsulation(
+        cluster_factory: Any, net_conf: str) -> None:
+    cluster, add_pod = cluster_factory(net_conf, nodes=2)
+    node1, node2 = cluster.nodes
+    a, c = add_pod(node1), add_pod(node2)
+    expected_mtu = 1500 if net_conf == "host-gw" else 1450
+    assert a.netns.link("eth0")["mtu"] == expected_mtu
+    plain = capture(cluster.underlay, "br0", f"icmp and host {c.address}",
+                    lambda: a.ping(c.address))
+    assert plain and f"{a.address} > {c.address}" in plain[0], plain
+    tunnelled = capture(cluster.underlay, "br0", "udp port 8472",
+                        lambda: a.ping(c.address))
+    assert tunnelled == []
+    assert a.ping(c.address, size=1400).returncode == 0
+
+
+def test_del_leaves_nothing_behind(cluster_factory: Any) -> None:
+    cluster, add_pod = cluster_factory("vxlan", nodes=1)
+    (node,) = cluster.nodes
+    pod = add_pod(node)
+    cnitool(node, pod.workdir, pod.container_id, "del", "cbr0", pod.netns.path)
+    assert pod.netns.run("ip", "link", "show", "eth0", check=False).returncode != 0
+    veths = [link for link in node.ip_json("link", "show") if link.get("master") == "cni0"]
+    assert veths == []
+    allocations = list((node.lib_dir / "networks" / "cbr0").glob("10.244.*"))
+    assert allocations == []
+    assert list((node.lib_dir / "flannel").rglob("*:*")) == []
