@@ -78,3 +78,21 @@ def test_bench_bridge_smoke(built: None, scratch_dir: Path) -> None:
     assert report["throughput"]["seconds"] == 1
     assert set(report["targets"]) == {"add", "del"}
     assert "met" in report["throughput"]["target"]
+
+
+def test_bench_flannel_smoke(built: None, scratch_dir: Path) -> None:
+    out = scratch_dir / "results"
+
+    done = subprocess.run([sys.executable, "-m", "conformance.bench_flannel", "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+
+    assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    report = json.loads((out / "flannel-latest.json").read_text())
+    (row,) = report["programming"]
+    assert row["peers"] == 100
+    assert row["join_s"] > 0 and row["start_s"] > 0 and row["leave_s"] > 0
+    throughput = report["throughput"]
+    for path in ("underlay", "vxlan", "host-gw"):
+        assert len(throughput["samples"][path]) == 1 and throughput["median"][path] > 0
+    assert set(throughput["ratio_to_underlay"]) == {"vxlan", "host-gw"}

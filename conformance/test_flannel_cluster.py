@@ -10,48 +10,18 @@ VNI 1 between the nodes' addresses, or plain routing with host-gw and DirectRout
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conformance.conftest import CNITOOL, DIST_BIN
-from tests.conftest import Netns, NetnsFactory
+from conformance.flannellib import PROGRAM, SEEDS, Pod, add_pod, capture
+from tests.conftest import NetnsFactory
 from tests.flannelcluster import OUTSIDE_ADDRESS, Cluster, Node
 
 pytestmark = [pytest.mark.conformance, pytest.mark.kernel]
-SEEDS = Path(__file__).resolve().parents[1] / "tests" / "seeds"
-PROGRAM = [str(DIST_BIN / "pycni.bundle" / "pycni")]
-
-
-class Pod:
-    def __init__(self, node: Node, netns: Netns, workdir: Path, container_id: str,
-                 result: dict[str, Any]) -> None:
-        self.node, self.netns, self.workdir = node, netns, workdir
-        self.container_id, self.result = container_id, result
-        self.address = result["ips"][0]["address"].split("/")[0]
-
-    def ping(self, address: str, size: int = 56,
-             count: int = 1) -> subprocess.CompletedProcess[str]:
-        return self.netns.run("ping", "-c", str(count), "-W", "2", "-M", "do", "-s", str(size),
-                              address, check=False)
-
-
-def cnitool(node: Node, workdir: Path, container_id: str, *args: str) -> dict[str, Any] | None:
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "NETCONFPATH": str(workdir / "net.d"), "CNI_PATH": str(DIST_BIN),
-           "CNI_CACHE_DIR": str(workdir / "cache"), "CNI_IFNAME": "eth0",
-           "CNI_CONTAINERID": container_id}
-    done = subprocess.run(node.argv(str(CNITOOL), *args), env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, f"cnitool {args[0]} on {node.name}: {done.stderr}{done.stdout}"
-    return json.loads(done.stdout) if done.stdout.strip() else None
 
 
 @pytest.fixture
@@ -67,42 +37,17 @@ def cluster_factory(built: None, netns_factory: NetnsFactory,
         made.append((cluster, pods))
         cluster.start()
 
-        def add_pod(node: Node) -> Pod:
-            netns = netns_factory(f"pod-{node.name}")
-            container_id = f"pod-{uuid.uuid4().hex[:10]}"
-            workdir = node.dir / container_id
-            (workdir / "net.d").mkdir(parents=True)
-            conflist = (SEEDS / "10-flannel.conflist").read_text()   # unchanged
-            (workdir / "net.d" / "10-flannel.conflist").write_text(conflist)
-            result = cnitool(node, workdir, container_id, "add", "cbr0", netns.path)
-            assert result is not None
-            pod = Pod(node, netns, workdir, container_id, result)
+        def add(node: Node) -> Pod:
+            pod = add_pod(netns_factory, node)
             pods.append(pod)
             return pod
-        return cluster, add_pod
+        return cluster, add
 
     yield make
     for cluster, pods in made:
         for pod in pods:
-            cnitool(pod.node, pod.workdir, pod.container_id, "del", "cbr0", pod.netns.path)
+            pod.delete()
         cluster.close()
-
-
-def capture(netns: Netns, iface: str, expression: str, action: Any,
-            count: int = 1) -> list[str]:
-    """tcpdump lines of `count` packets matching `expression` seen on `iface` while
-    `action()` runs."""
-    process = subprocess.Popen(["ip", "netns", "exec", netns.name, "tcpdump", "-l", "-nn",
-                                "-i", iface, "-c", str(count), *expression.split()],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)   # tcpdump attaches
-        action()
-        out, _ = process.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out.splitlines()
 
 
 def test_vxlan_flows_through_libcni_with_the_seed_conflist(cluster_factory: Any) -> None:
@@ -160,7 +105,7 @@ def test_del_leaves_nothing_behind(cluster_factory: Any) -> None:
     cluster, add_pod = cluster_factory("vxlan", nodes=1)
     (node,) = cluster.nodes
     pod = add_pod(node)
-    cnitool(node, pod.workdir, pod.container_id, "del", "cbr0", pod.netns.path)
+    pod.delete()
     assert pod.netns.run("ip", "link", "show", "eth0", check=False).returncode != 0
     veths = [link for link in node.ip_json("link", "show") if link.get("master") == "cni0"]
     assert veths == []
