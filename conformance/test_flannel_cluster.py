@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import pytest
 
 from conformance.flannellib import PROGRAM, SEEDS, Pod, add_pod, capture
 from tests.conftest import NetnsFactory
-from tests.flannelcluster import OUTSIDE_ADDRESS, Cluster, Node
+from tests.etcdlib import EtcdServer
+from tests.flannelcluster import OUTSIDE_ADDRESS, Cluster, Node, wait_for
+from tests.kubeapi import KubeApiServer, write_kubeconfig
 
 pytestmark = [pytest.mark.conformance, pytest.mark.kernel]
 
@@ -112,3 +115,32 @@ def test_del_leaves_nothing_behind(cluster_factory: Any) -> None:
     allocations = list((node.lib_dir / "networks" / "cbr0").glob("10.244.*"))
     assert allocations == []
     assert list((node.lib_dir / "flannel").rglob("*:*")) == []
+
+
+@pytest.mark.parametrize("store", ["etcd", "kube"])
+def test_frozen_agent_on_the_etcd_and_kubernetes_stores(built: None, store: str,
+                                                       netns_factory: NetnsFactory,
+                                                       tmp_path: Path) -> None:
+    conf = json.loads((SEEDS / "net-conf.vxlan.json").read_text())
+    cluster = Cluster(netns_factory, tmp_path / "cluster", conf, 2, program=PROGRAM)
+    with ExitStack() as stack:
+        stack.callback(cluster.close)
+        if store == "etcd":
+            etcd = EtcdServer(cluster.underlay, "192.168.0.1", tmp_path / "etcd")
+            etcd.start()
+            stack.callback(etcd.stop)
+            etcd.etcdctl("put", "/coreos.com/network/config", json.dumps(conf))
+            cluster.extra_store_args = ["--etcd-endpoints", etcd.url]
+        else:
+            server = stack.enter_context(KubeApiServer(cluster.underlay.path, host="192.168.0.1",
+                                                       port=6443))
+            for number, node in enumerate(cluster.nodes, 1):
+                server.add_node(node.name, pod_cidr=f"10.244.{number * 10}.0/24")
+            kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+            cluster.extra_store_args = ["--kube-subnet-mgr", "--kubeconfig-file",
+                                        str(kubeconfig)]
+        cluster.start()
+        first, second = cluster.nodes
+        assert first.subnet() != second.subnet()
+        assert wait_for(lambda: second.subnet() in {
+            r["dst"] for r in first.routes() if r.get("dev") == "flannel.1"}, 5), first.routes()

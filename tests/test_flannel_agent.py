@@ -317,3 +317,65 @@ def test_kubernetes_store_nodes_podcidr_annotations_and_watch(make_cluster: Any,
         server.annotate_node("node2", **{"flannel.alpha.coreos.com/public-ip": second.address})
         assert wait_for(lambda: expect_vxlan_peers(second, [first]), 10)
         cluster.close()
+
+
+def test_vxlan_options_and_the_nftables_backend(make_cluster: Any) -> None:
+    conf = {"Network": "10.244.0.0/16", "EnableNFTables": True,
+            "Backend": {"Type": "vxlan", "VNI": 42, "Port": 4789, "MTU": 1400}}
+    cluster = make_cluster(conf, nodes=2)
+    first, second = cluster.nodes
+    assert first.wait_ready()["FLANNEL_MTU"] == "1400"
+    details = first.ip_json("-d", "link", "show", "flannel.42")[0]
+    assert details["mtu"] == 1400
+    assert (details["linkinfo"]["info_data"]["id"], details["linkinfo"]["info_data"]["port"]) \
+        == (42, 4789)
+    routes = {r["dst"]: r for r in first.routes()}
+    assert wait_for(lambda: second.subnet() in {r["dst"] for r in first.routes()}, 5), routes
+    ruleset = first.netns.run("nft", "list", "table", "ip", "flannel-ipv4").stdout
+    assert "masquerade fully-random" in ruleset and "10.244.0.0/16" in ruleset
+    assert first.netns.run("iptables", "-w", "-t", "nat", "-S", "FLANNEL-POSTRTG",
+                           check=False).returncode != 0
+
+
+def test_file_store_renews_leases_and_survives_a_cluster_restart(make_cluster: Any) -> None:
+    cluster = make_cluster(seed_net_conf("vxlan"), nodes=2, lease_ttl=4)
+    first, second = cluster.nodes
+    subnets = [node.subnet() for node in cluster.nodes]
+    lease_file = cluster.store_dir / "subnets" / subnets[0].replace("/", "-")
+    expiration = json.loads(lease_file.read_text())["Expiration"]
+    assert wait_for(lambda: json.loads(lease_file.read_text())["Expiration"] != expiration, 5)
+    time.sleep(4)       # longer than the lease time: only renewal keeps the leases
+    assert [node.subnet() for node in cluster.nodes] == subnets
+    assert expect_vxlan_peers(first, [second])
+    for node in cluster.nodes:
+        node.stop_agent()
+        node.subnet_file.unlink()
+    for node in cluster.nodes:
+        node.start_agent()
+    assert [node.subnet() for node in cluster.nodes] == subnets
+    assert wait_for(lambda: expect_vxlan_peers(first, [second])
+                    and expect_vxlan_peers(second, [first]), 5)
+
+
+def test_a_peer_changing_its_mac_and_address_is_followed(make_cluster: Any) -> None:
+    cluster = make_cluster(seed_net_conf("vxlan"), nodes=2)
+    first, second = cluster.nodes
+    assert wait_for(lambda: expect_vxlan_peers(first, [second]), 5)
+    old_mac = second.netns.link("flannel.1")["address"]
+    # the peer's lease changes under the agent: a new VTEP MAC and a new node address
+    lease_file = cluster.store_dir / "subnets" / second.subnet().replace("/", "-")
+    second.stop_agent()
+    lease = json.loads(lease_file.read_text())
+    lease["BackendData"]["VtepMAC"] = "0a:58:0a:f4:63:01"
+    lease["PublicIP"] = "192.168.0.99"
+    staged = lease_file.with_name("staged")
+    staged.write_text(json.dumps(lease))
+    staged.rename(lease_file)
+    gateway = str(ipaddress.ip_network(second.subnet()).network_address)
+
+    def followed() -> bool:
+        view = vxlan_view(first)
+        return (view["neighbours"].get(gateway) == "0a:58:0a:f4:63:01"
+                and view["fdb"] == {"0a:58:0a:f4:63:01": "192.168.0.99"})
+    assert wait_for(followed, 3), vxlan_view(first)
+    assert old_mac not in vxlan_view(first)["fdb"]
