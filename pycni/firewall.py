@@ -27,14 +27,18 @@ SPOOF_TABLE = "nat"
 SPOOF_BASE = "PREROUTING"
 
 
-def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> str:
+def run(argv: list[str], stdin: str | None = None, check: bool = True,
+        error: type[Exception] = CNIError) -> str:
+    """Run a firewall command; its stdout ("" when it failed and `check` is off). `error`
+    is raised when the command is missing or, with `check`, fails."""
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise CNIError(f"{argv[0]} not found: install it or choose another backend") from None
+        raise error(f"{argv[0]} not found: install it or choose another backend") from None
     if check and done.returncode != 0:
-        raise CNIError(f"{' '.join(argv[:4])}... failed: {done.stderr.strip()}")
+        raise error(f"{' '.join(argv[:4])}... failed: {done.stderr.strip()}")
     return done.stdout if done.returncode == 0 else ""
+
 
 
 def detect_backend() -> str:
@@ -57,7 +61,7 @@ def _iptables(family: str) -> str:
 
 
 def ipt(family: str, *args: str, check: bool = True) -> str:
-    return _run([_iptables(family), "-w", "-t", "nat", *args], check=check)
+    return run([_iptables(family), "-w", "-t", "nat", *args], check=check)
 
 
 def ipt_has(family: str, *rule: str) -> bool:
@@ -89,7 +93,7 @@ def iptables_rules(family: str) -> list[list[str]]:
     """The nat table's rules as `iptables-save` argument lists (`-A CHAIN ...`)."""
     if not shutil.which(f"{_iptables(family)}-save"):
         return []
-    text = _run([f"{_iptables(family)}-save", "-t", "nat"], check=False)
+    text = run([f"{_iptables(family)}-save", "-t", "nat"], check=False)
     return [shlex.split(line) for line in text.splitlines() if line.startswith("-A ")]
 
 
@@ -120,13 +124,13 @@ def nft_comment(network: str, container_id: str, ifname: str) -> str:
 
 
 def nft_apply(script: str) -> None:
-    _run(["nft", "-f", "-"], stdin=script)
+    run(["nft", "-f", "-"], stdin=script)
 
 
 def nft_list_rules(family: str, table: str, chain: str) -> list[dict[str, object]]:
     if not shutil.which("nft"):
         return []
-    text = _run(["nft", "-j", "-a", "list", "chain", family, table, chain], check=False)
+    text = run(["nft", "-j", "-a", "list", "chain", family, table, chain], check=False)
     if not text:
         return []
     return [item["rule"] for item in json.loads(text).get("nftables", []) if "rule" in item]
@@ -150,7 +154,7 @@ def _nft_add(network: str, container_id: str, ifname: str, cidr: str) -> None:
 def nft_delete_handles(family: str, table: str, chain: str, handles: Iterable[object]) -> None:
     script = "".join(f"delete rule {family} {table} {chain} handle {h}\n" for h in handles)
     if script:
-        _run(["nft", "-f", "-"], stdin=script, check=False)
+        run(["nft", "-f", "-"], stdin=script, check=False)
 
 
 # --- masquerade: the interface plugins use ---------------------------------------------------
@@ -231,7 +235,7 @@ def spoofcheck_del(ref: str) -> None:
                          if r.get("comment") == comment])
     if nft_list_rules("bridge", SPOOF_TABLE, chain) or nft_list_rules("bridge", SPOOF_TABLE,
                                                                f"{chain}-mac"):
-        _run(["nft", "-f", "-"], check=False,
+        run(["nft", "-f", "-"], check=False,
              stdin=f"delete chain bridge {SPOOF_TABLE} {chain}\n"
                    f"delete chain bridge {SPOOF_TABLE} {chain}-mac\n")
 
@@ -240,7 +244,7 @@ def spoofcheck_gc(network: str, valid_refs: set[str]) -> None:
     """Remove the network's spoof checks whose attachment is not in `valid_refs`."""
     if not shutil.which("nft"):
         return
-    text = _run(["nft", "-j", "list", "table", "bridge", SPOOF_TABLE], check=False)
+    text = run(["nft", "-j", "list", "table", "bridge", SPOOF_TABLE], check=False)
     if not text:
         return
     mark = f" network {network}"

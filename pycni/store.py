@@ -25,6 +25,23 @@ def check_key(key: str, what: str = "key") -> str:
     return key
 
 
+@contextmanager
+def flock(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created 0600 if absent), released if the process
+    dies; IOFailure when it cannot be opened."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise IOFailure(f"failed to open lock {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def write_atomic(path: str, data: bytes, mode: int = 0o600, exclusive: bool = False) -> bool:
     """Write `data` to `path` so that readers see the old file or the whole new one.
 
@@ -91,19 +108,9 @@ class Store:
     @contextmanager
     def locked(self) -> Iterator[Store]:
         """Hold the network's lock (an flock, released if the process dies)."""
-        import fcntl
-
         self._ensure()
-        path = os.path.join(self.directory, LOCK_NAME)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise IOFailure(f"failed to open lock {path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with flock(os.path.join(self.directory, LOCK_NAME)):
             yield self
-        finally:
-            os.close(fd)  # closing releases the flock
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, check_key(key))

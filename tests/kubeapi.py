@@ -89,29 +89,18 @@ def now_rfc3339() -> str:
 
 # Patches -------------------------------------------------------------------------------
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge recursively, null deletes, anything else replaces."""
+def merge_patch(target: Any, patch: Any, merge_keys: dict[str, str] | None = None) -> Any:
+    """RFC 7386: objects merge recursively, null deletes, anything else replaces; lists named
+    in `merge_keys` (strategic merge) merge their elements by that key instead."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
+    keys = merge_keys or {}
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
-    """Merge patch, except lists of MERGE_KEYS merge their elements by key."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif key in MERGE_KEYS and isinstance(value, list) and isinstance(result.get(key), list):
-            merge_key = MERGE_KEYS[key]
+        elif key in keys and isinstance(value, list) and isinstance(result.get(key), list):
+            merge_key = keys[key]
             merged = [copy.deepcopy(item) for item in result[key]]
             for item in value:
                 position = next((i for i, old in enumerate(merged) if isinstance(old, dict)
@@ -120,11 +109,16 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
                 if position is None:
                     merged.append(copy.deepcopy(item))
                 else:
-                    merged[position] = strategic_merge_patch(merged[position], item)
+                    merged[position] = merge_patch(merged[position], item, keys)
             result[key] = merged
         else:
-            result[key] = strategic_merge_patch(result.get(key), value)
+            result[key] = merge_patch(result.get(key), value, keys)
     return result
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """Merge patch, except lists of MERGE_KEYS merge their elements by key."""
+    return merge_patch(target, patch, MERGE_KEYS)
 
 
 def _pointer(path: str) -> list[str]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 
+from pycni import firewall
+
 POSTROUTING_CHAIN = "FLANNEL-POSTRTG"
 FORWARD_CHAIN = "FLANNEL-FWD"
 COMMENT = "flanneld masq"
@@ -27,14 +29,12 @@ class FirewallError(Exception):
     pass
 
 
-def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> bool:
-    try:
-        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise FirewallError(f"{argv[0]} not found") from None
-    if check and done.returncode != 0:
-        raise FirewallError(f"{' '.join(argv[:3])} failed: {done.stderr.strip()}")
-    return done.returncode == 0
+def _run(argv: list[str], stdin: str | None = None) -> None:
+    firewall.run(argv, stdin, error=FirewallError)
+
+
+def _succeeds(argv: list[str]) -> bool:
+    return subprocess.run(argv, capture_output=True).returncode == 0
 
 
 def iptables_script(network: Net, subnet: Net, masquerade: bool) -> str:
@@ -65,7 +65,7 @@ def apply_iptables(network: Net, subnet: Net, masquerade: bool) -> None:
     for table, hook, chain, text in (("nat", "POSTROUTING", POSTROUTING_CHAIN, COMMENT),
                                      ("filter", "FORWARD", FORWARD_CHAIN, FORWARD_COMMENT)):
         jump = [hook, "-m", "comment", "--comment", text, "-j", chain]
-        if not _run([tool, "-w", "-t", table, "-C", *jump], check=False):
+        if not _succeeds([tool, "-w", "-t", table, "-C", *jump]):
             _run([tool, "-w", "-t", table, "-I", *jump])
 
 

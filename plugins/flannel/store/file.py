@@ -25,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,7 +41,7 @@ from pycni.plugins.flannel.store.base import (
 
 from pycni import log
 from pycni.errors import IOFailure
-from pycni.store import write_atomic
+from pycni.store import flock, write_atomic
 
 POLL_INTERVAL = 0.1
 CONFIG_NAME = "config"
@@ -134,18 +134,12 @@ class FileStore(SubnetStore):
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the directory's lock: an flock, released if the process dies."""
-        import fcntl
-
-        path = os.path.join(self.directory, LOCK_NAME)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StoreError(f"failed to open lock {path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with ExitStack() as held:
+            try:
+                held.enter_context(flock(os.path.join(self.directory, LOCK_NAME)))
+            except IOFailure as exc:
+                raise StoreError(str(exc)) from None
             yield
-        finally:
-            os.close(fd)  # closing releases the flock
 
     def _scan(self) -> list[_Entry]:
         """Every lease file, unreadable ones with `lease` None (logged)."""
