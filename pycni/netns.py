@@ -85,13 +85,44 @@ def entered(path: str) -> Iterator[None]:
         os.close(home)
 
 
+@contextmanager
+def temporary() -> Iterator[str]:
+    """A new, empty network namespace for the block; yields a path to it.
+
+    Only an open descriptor holds it (no name on disk), so it is gone when the block ends or
+    the process dies, whatever happens. Move links out before the block ends: virtual links
+    die with it, physical ones fall back to the machine's initial namespace.
+    """
+    import ctypes
+
+    home = os.open(own_path(), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"failed to create a network namespace: {os.strerror(errno)}")
+        try:
+            fd = os.open(own_path(), os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+    try:
+        yield f"/proc/{os.getpid()}/fd/{fd}"  # valid in helper processes too
+    finally:
+        os.close(fd)
+
+
 def ipr(path: str | None = None) -> IPRoute:
     """A netlink socket bound to the namespace at `path` (ours when None).
 
-    `flags=0`: a vanished namespace is an error, never a new empty one created in its place.
+    The thread enters the namespace only while the socket is made: a socket keeps the
+    namespace it was created in. pyroute2's own `IPRoute(netns=...)` forks a helper process
+    for that (about 12 ms per socket). A vanished namespace is an error, never a new empty
+    one created in its place.
     """
     from pyroute2 import IPRoute
 
     if path is None:
         return IPRoute()
-    return IPRoute(netns=path, flags=0)
+    with entered(path):
+        return IPRoute()
