@@ -124,9 +124,11 @@ class Sandbox:
     exit."""
 
     def __init__(self, implementation: str, make_conflist: Callable[[Path], dict[str, Any]],
-                 ifname: str = "eth0") -> None:
+                 ifname: str = "eth0", prepare: Callable[[str], None] | None = None) -> None:
+        """`prepare(host_netns_name)` sets up the node (e.g. a master link) before use."""
         self.implementation, self.make_conflist, self.ifname = (
             implementation, make_conflist, ifname)
+        self.prepare = prepare
         self.network = ""
         self.tag = f"{implementation[:3]}-{uuid.uuid4().hex[:8]}"
         self.host = f"pycni-bench-host-{self.tag}"
@@ -137,6 +139,8 @@ class Sandbox:
         self.dir = Path(tempfile.mkdtemp(prefix=f"pycni-bench-{self.implementation}-"))
         try:
             self.netns(self.host)
+            if self.prepare is not None:
+                self.prepare(self.host)
             conflist = self.make_conflist(self.dir)
             self.network = str(conflist["name"])
             (self.dir / "net.d").mkdir()

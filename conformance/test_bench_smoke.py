@@ -96,3 +96,20 @@ def test_bench_flannel_smoke(built: None, scratch_dir: Path) -> None:
     for path in ("underlay", "vxlan", "host-gw"):
         assert len(throughput["samples"][path]) == 1 and throughput["median"][path] > 0
     assert set(throughput["ratio_to_underlay"]) == {"vxlan", "host-gw"}
+
+
+def test_bench_macvlan_smoke(built: None, scratch_dir: Path) -> None:
+    out = scratch_dir / "results"
+
+    done = subprocess.run([sys.executable, "-m", "conformance.bench_macvlan", "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+
+    assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    for op in ("ADD", "CHECK", "DEL"):
+        assert any(line.split()[:1] == [op] for line in done.stdout.splitlines()), done.stdout
+    report = json.loads((out / "macvlan-latest.json").read_text())
+    for side in ("ours", "reference"):
+        for op in ("add", "check", "del"):
+            assert len(report["samples"][side][op]) == 3
+            assert report["stats"][side][op]["p50"] > 0
