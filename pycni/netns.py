@@ -124,5 +124,8 @@ def ipr(path: str | None = None) -> IPRoute:
 
     if path is None:
         return IPRoute()
-    with entered(path):
-        return IPRoute()
+    try:
+        with entered(path):
+            return IPRoute()
+    except UnknownContainer as exc:
+        raise FileNotFoundError(2, str(exc), path) from None  # ENOENT

@@ -252,7 +252,8 @@ def test_etcd_store_two_agents_renew_and_survive_an_etcd_restart(
         cluster.start()
         first, second = cluster.nodes
         assert first.subnet() != second.subnet()
-        assert wait_for(lambda: expect_vxlan_peers(first, [second]), 5)
+        assert wait_for(lambda: expect_vxlan_peers(first, [second])
+                        and expect_vxlan_peers(second, [first]), 10)
         keys = etcd.etcdctl("get", "--prefix", "--keys-only",
                             "/coreos.com/network/subnets/").stdout.split()
         assert sorted(keys) == sorted(
