@@ -8,21 +8,19 @@ per attachment (original name, MTU, MAC, alias, up state, and how to recognise t
 so DEL finds the device by its index and identity in the pod, never by name alone, releases
 IPAM first (also when the pod's namespace is gone), restores MTU and MAC, returns the device
 under a free name when another link took its own meanwhile, and succeeds when repeated.
+The moves themselves are `pycni.device`'s, shared with sriov.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import re
-from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
 from pydantic import Field
 
-from pycni import config, ipam_delegate, link, netns, spec, store
+from pycni import config, device, ipam_delegate, link, netns, spec, store
 from pycni.errors import CNIError, IncompatibleVersion, InvalidConfig
 from pycni.result import Interface, Result
 from pycni.skel import CmdArgs, Plugin
@@ -33,12 +31,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DATA_DIR = "/var/lib/cni/host-device"
 DATA_DIR_ENV = "PYCNI_HOST_DEVICE_DATA_DIR"  # default for `dataDir` (the tests use it)
-SYSFS_ROOT_ENV = "PYCNI_SYSFS_ROOT"  # where sysfs is read (the tests use a fake tree)
-USERSPACE_DRIVERS = frozenset({"vfio-pci", "uio_pci_generic", "igb_uio"})  # DPDK
-MAC = re.compile(r"^([0-9a-fA-F]{2})([:-][0-9a-fA-F]{2}){5}$")
-PCI_ADDRESS = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
-IFF_UP = 0x1
-IFF_LOOPBACK = 0x8
+MAC = config.MAC
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -59,8 +52,7 @@ class HostDeviceConf(config.NetConf):
     @property
     def pci_address(self) -> str:
         """The PCI address chosen by `pciBusID` or `deviceID`, in its full form."""
-        address = (self.device_id or self.pci_bus_id).lower()
-        return address if address.count(":") == 2 or not address else f"0000:{address}"
+        return device.full_pci_address(self.device_id or self.pci_bus_id)
 
 
 OVERRIDES = {"device_id": config.Override(runtime="deviceID")}
@@ -90,25 +82,13 @@ def load_conf(args: CmdArgs, selecting: bool = True) -> HostDeviceConf:
                             or os.path.normpath(conf.kernelpath) != conf.kernelpath.rstrip("/")):
         raise InvalidConfig(f"kernel device path {conf.kernelpath!r} must be absolute and "
                             "begin with /sys/devices/")
-    if conf.pci_address and not PCI_ADDRESS.match(conf.pci_address):
+    if conf.pci_address and not device.PCI_ADDRESS.match(conf.pci_address):
         raise InvalidConfig(f"invalid PCI address {conf.pci_address!r} "
                             "(expected domain:bus:device.function, e.g. 0000:03:00.1)")
     return conf
 
 
 # --- finding the device on the node ---------------------------------------------------------
-
-def sysfs(args: CmdArgs, path: str) -> str:
-    """`path` (under /sys) in the sysfs tree this run reads."""
-    root = args.environ.get(SYSFS_ROOT_ENV) or "/sys"
-    return os.path.join(root, path.removeprefix("/sys").lstrip("/"))
-
-
-def has_userspace_driver(args: CmdArgs, pci_address: str) -> bool:
-    """Bound to a DPDK driver: the device has no netdev, nothing moves."""
-    driver = os.path.realpath(sysfs(args, f"/sys/bus/pci/devices/{pci_address}/driver"))
-    return os.path.exists(driver) and os.path.basename(driver) in USERSPACE_DRIVERS
-
 
 def netdev_names(directory: str) -> list[str]:
     try:
@@ -119,7 +99,7 @@ def netdev_names(directory: str) -> list[str]:
 
 def pci_net_directory(args: CmdArgs, pci_address: str) -> str:
     """`/sys/bus/pci/devices/<address>/net`, or its virtio child's for virtio devices."""
-    base = sysfs(args, f"/sys/bus/pci/devices/{pci_address}")
+    base = device.sysfs_path(args.environ, f"/sys/bus/pci/devices/{pci_address}")
     if os.path.lexists(os.path.join(base, "net")):
         return os.path.join(base, "net")
     virtio = sorted(name for name in netdev_names(base) if name.startswith("virtio"))
@@ -139,14 +119,14 @@ def find_device(host: IPRoute, args: CmdArgs, conf: HostDeviceConf) -> Any:
         what = f"a device with MAC {mac}"
         holders = [m for m in host.get_links() if (m.get_attr("IFLA_ADDRESS") or "") == mac]
         if len(holders) > 1:  # VLANs and bond ports share MACs: the one it belongs to
-            holders = [m for m in holders if permanent_mac(m) == mac] or holders
+            holders = [m for m in holders if device.permanent_mac(m) == mac] or holders
         if len(holders) > 1:
             names = ", ".join(repr(m.get_attr("IFLA_IFNAME")) for m in holders)
             raise InvalidConfig(f"{names} all have MAC {mac}: select the device by name")
         found = holders[0] if holders else None
     else:
         if conf.kernelpath:
-            directory = sysfs(args, os.path.join(conf.kernelpath, "net"))
+            directory = device.sysfs_path(args.environ, os.path.join(conf.kernelpath, "net"))
             what = f"a network device at {conf.kernelpath!r}"
         else:
             directory = pci_net_directory(args, conf.pci_address)
@@ -158,19 +138,13 @@ def find_device(host: IPRoute, args: CmdArgs, conf: HostDeviceConf) -> Any:
                 break
     if found is None:
         raise InvalidConfig(f"failed to find host device: no {what} on the node")
-    device = link.Link(found)
-    if device.master:
-        master = link.get(host, device.master).name
-        raise InvalidConfig(f"device {device.name!r} is in use: it is a port of {master!r}")
-    if device.flags & IFF_LOOPBACK:
-        raise InvalidConfig(f"device {device.name!r} is the node's loopback")
+    chosen = link.Link(found)
+    if chosen.master:
+        master = link.get(host, chosen.master).name
+        raise InvalidConfig(f"device {chosen.name!r} is in use: it is a port of {master!r}")
+    if chosen.flags & device.IFF_LOOPBACK:
+        raise InvalidConfig(f"device {chosen.name!r} is the node's loopback")
     return found
-
-
-def permanent_mac(message: Any) -> str:
-    """The burned-in MAC the kernel reports (none for virtual devices)."""
-    mac = message.get_attr("IFLA_PERM_ADDRESS") or ""
-    return str(mac) if mac.strip("0:") else ""
 
 
 # --- saved state ----------------------------------------------------------------------------
@@ -178,14 +152,6 @@ def permanent_mac(message: Any) -> str:
 def state_store(args: CmdArgs, conf: HostDeviceConf) -> store.Store:
     root = conf.data_dir or args.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
     return store.Store(root, conf.name)
-
-
-def state_key(container_id: str, ifname: str) -> str:
-    """`<containerID>:<ifname>` (neither holds a ':'); an ifname with characters a file name
-    may not hold is written `<containerID>::<hex>`."""
-    if all(c.isascii() and (c.isalnum() or c in "_.-") for c in ifname):
-        return f"{container_id}:{ifname}"
-    return f"{container_id}::{ifname.encode().hex()}"
 
 
 def read_record(saved: store.Store, key: str) -> dict[str, Any] | None:
@@ -202,212 +168,34 @@ def read_record(saved: store.Store, key: str) -> dict[str, Any] | None:
     return record
 
 
-def original(device: link.Link) -> dict[str, Any]:
-    """What `restore` and `put_back` give back to a device: name, MTU, MAC, alias, up."""
-    return {"name": device.name, "mtu": device.mtu, "mac": device.mac, "alias": device.alias,
-            "up": bool(device.flags & IFF_UP)}
-
-
 def describe(message: Any, args: CmdArgs, conf: HostDeviceConf) -> dict[str, Any]:
     """What DEL needs to find the device in the pod and give it back as it was."""
     bus = message.get_attr("IFLA_PARENT_DEV_BUS_NAME") or ""
     parent = message.get_attr("IFLA_PARENT_DEV_NAME") or ""
     return {"containerID": args.container_id, "ifname": args.ifname, "netns": args.netns,
-            **original(link.Link(message)), "permanentMac": permanent_mac(message),
-            "parentDevice": parent, "pciAddress": parent if bus == "pci" else conf.pci_address}
-
-
-def is_same_device(message: Any, record: dict[str, Any]) -> bool:
-    """Whether `message` is the device `record` describes: by its permanent MAC or its bus
-    address when it has one, else (virtual devices) by the MAC or alias it got in the pod."""
-    if record.get("permanentMac"):
-        return bool(permanent_mac(message) == record["permanentMac"])
-    if record.get("parentDevice"):
-        return bool(message.get_attr("IFLA_PARENT_DEV_NAME") == record["parentDevice"])
-    return (message.get_attr("IFLA_ADDRESS") == record.get("podMac")
-            or (message.get_attr("IFLA_IFALIAS") or "") == record.get("name"))
-
-
-# --- moving through a temporary namespace ---------------------------------------------------
-
-def move(source: IPRoute, index: int, target: str, name: str) -> None:
-    try:
-        source.link("set", index=index, net_ns_fd=target)
-    except Exception as exc:  # NetlinkError
-        if link.is_error(exc, errno.EEXIST):
-            raise CNIError(f"cannot move {name!r}: the target namespace already has a link "
-                           f"named {name!r}") from None
-        raise CNIError(f"failed to move {name!r} to another namespace: {exc}") from None
-
-
-def only_link(scratch: IPRoute, name: str) -> int:
-    """The device just moved into the temporary namespace, which holds nothing else."""
-    indexes = scratch.link_lookup(ifname=name)
-    if not indexes:
-        raise CNIError(f"{name!r} vanished while moving between namespaces")
-    return int(indexes[0])
-
-
-def move_in(host: IPRoute, device: link.Link, args: CmdArgs, mtu: int) -> None:
-    """Node -> temporary namespace (renamed there, alias = original name, MTU) -> pod."""
-    with netns.temporary() as scratch_path, link.socket(scratch_path) as scratch:
-        move(host, device.index, scratch_path, device.name)
-        index = only_link(scratch, device.name)
-        try:
-            changes: dict[str, Any] = {"ifalias": device.name}
-            if mtu:
-                changes["mtu"] = mtu
-            try:
-                scratch.link("set", index=index, **changes)
-                scratch.link("set", index=index, ifname=args.ifname)
-            except Exception as exc:  # NetlinkError
-                raise CNIError(f"failed to prepare {device.name!r} as {args.ifname!r}: "
-                               f"{exc}") from None
-            try:
-                scratch.link("set", index=index, net_ns_fd=args.netns)
-            except Exception as exc:  # NetlinkError
-                if link.is_error(exc, errno.EEXIST):
-                    raise CNIError(f"the pod already has an interface {args.ifname!r}") from None
-                raise CNIError(f"failed to move {device.name!r} into {args.netns!r}: "
-                               f"{exc}") from None
-        except BaseException:
-            put_back(scratch, index, original(device), netns.own_path(), host)
-            raise
-
-
-def restore(scratch: IPRoute, index: int, record: dict[str, Any]) -> None:
-    """The device's own name, MTU, MAC and alias (in the temporary namespace, where no name
-    clashes)."""
-    current = link.get(scratch, index)
-    changes: dict[str, Any] = {}
-    if record.get("mtu") and current.mtu != record["mtu"]:
-        changes["mtu"] = record["mtu"]
-    if record.get("mac") and current.mac != record["mac"]:
-        changes["address"] = record["mac"]
-    if current.alias != record.get("alias", ""):
-        changes["ifalias"] = record.get("alias", "")
-    if changes:
-        scratch.link("set", index=index, **changes)
-    if current.name != record["name"]:
-        scratch.link("set", index=index, ifname=record["name"])
-
-
-def put_back(scratch: IPRoute, index: int, state: dict[str, Any], target: str,
-             target_socket: IPRoute) -> None:
-    """On a failure path, return the device where it came from, as it was there. Best
-    effort, logged: a device left in the temporary namespace would go with it."""
-    from pycni import log
-
-    try:
-        restore(scratch, index, state)
-        scratch.link("set", index=index, net_ns_fd=target)
-        if state["up"]:
-            target_socket.link("set", index=target_socket.link_lookup(ifname=state["name"])[0],
-                               state="up")
-    except Exception as exc:  # NetlinkError
-        log.get().error("could not return %r from the temporary namespace: %s",
-                        state["name"], exc)
-
-
-def move_out(pod: IPRoute, host: IPRoute, device: link.Link, record: dict[str, Any]) -> str:
-    """Pod -> temporary namespace (original name, MTU, MAC, alias) -> node, up if it was.
-    Returns the name it has on the node: its own, or a free one if a link took that."""
-    from pycni import log
-
-    with netns.temporary() as scratch_path, link.socket(scratch_path) as scratch:
-        move(pod, device.index, scratch_path, device.name)
-        index = only_link(scratch, device.name)
-        try:
-            restore(scratch, index, record)
-            name: str = record["name"]
-            for candidate in free_names(record["name"]):
-                if link.find(host, candidate) is not None:
-                    continue
-                if candidate != name:
-                    scratch.link("set", index=index, ifname=candidate)
-                    name = candidate
-                try:
-                    scratch.link("set", index=index, net_ns_fd=netns.own_path())
-                    break
-                except Exception as exc:  # NetlinkError
-                    if not link.is_error(exc, errno.EEXIST):  # EEXIST: taken meanwhile
-                        raise CNIError(f"failed to move {name!r} to the node: {exc}") from None
-            else:
-                raise CNIError(f"no free name on the node for {record['name']!r}")
-        except BaseException:
-            # back into the pod as it was there, so a retried DEL finds it
-            put_back(scratch, index, original(device), record["netns"], pod)
-            raise
-    returned = link.find(host, name)
-    assert returned is not None
-    if record.get("up"):
-        host.link("set", index=returned.index, state="up")
-    if name != record["name"]:
-        log.get().warning("another link took the name %r on the node: the device (MAC %s) "
-                          "is back as %r", record["name"], returned.mac, name)
-    return name
-
-
-def free_names(name: str) -> Iterator[str]:
-    """`name`, then `name-1`, `name-2`, ... (shortened to fit 15 characters)."""
-    yield name
-    for number in range(1, 100):
-        suffix = f"-{number}"
-        yield name[:15 - len(suffix)] + suffix
+            **device.original(link.Link(message)), **device.identity(message),
+            "pciAddress": parent if bus == "pci" else conf.pci_address}
 
 
 # --- the attached device in the pod ---------------------------------------------------------
-
-def locate(pod: IPRoute, record: dict[str, Any]) -> link.Link | None:
-    """The attached device in the pod: at the index it got there when it is still the same
-    device, else (the index was reused) wherever its permanent identity is; None when gone."""
-    try:
-        message = pod.get_links(record["podIndex"])[0]
-    except Exception:  # NetlinkError: no link of that index
-        message = None
-    if message is not None and is_same_device(message, record):
-        return link.Link(message)
-    if record.get("permanentMac") or record.get("parentDevice"):
-        for message in pod.get_links():
-            if is_same_device(message, record):
-                return link.Link(message)
-    return None
-
 
 def attached(args: CmdArgs, record: dict[str, Any]) -> bool:
     """The saved attachment's device is still in its pod."""
     if not netns.exists(args.netns) or "podIndex" not in record:
         return False
     with link.socket(args.netns) as pod:
-        return locate(pod, record) is not None
-
-
-def return_device(pod_path: str, record: dict[str, Any]) -> str | None:
-    """Give the attached device back to the node; None when it is no longer in the pod."""
-    with link.socket(pod_path) as pod, link.socket() as host:
-        device = locate(pod, record)
-        if device is None:
-            return None
-        return move_out(pod, host, device, {**record, "netns": pod_path})
-
-
-def is_namespace(path: str) -> bool:
-    """`path` is a network namespace (other than ours) that still exists."""
-    try:
-        return bool(path) and netns.validate(path, missing_ok=True)
-    except CNIError:
-        return False
+        return device.locate(pod, record) is not None
 
 
 def return_reference_attachment(args: CmdArgs) -> None:
     """No saved state (an attachment the reference plugin made, or state lost): do as the
     reference does, if CNI_IFNAME in the pod carries the original name in its alias."""
     with link.socket(args.netns) as pod, link.socket() as host:
-        device = link.find(pod, args.ifname)
-        if device is None or not device.alias or device.flags & IFF_LOOPBACK:
+        found = link.find(pod, args.ifname)
+        if found is None or not found.alias or found.flags & device.IFF_LOOPBACK:
             return
-        move_out(pod, host, device, {"name": device.alias, "alias": "",
-                                     "netns": args.netns})
+        device.move_out(pod, host, found, {"name": found.alias, "alias": "",
+                                           "netns": args.netns})
 
 
 # --- the verbs ------------------------------------------------------------------------------
@@ -419,14 +207,14 @@ def cmd_add(args: CmdArgs) -> Result:
         raise IncompatibleVersion(f"a {args.cni_version} result cannot hold an L2-only "
                                   "attachment (it has no IP address): use cniVersion 0.3.0 "
                                   "or later, or configure ipam")
-    saved, key = state_store(args, conf), state_key(args.container_id, args.ifname)
+    saved, key = state_store(args, conf), device.attachment_key(args.container_id, args.ifname)
     result = Result()
     with saved.locked(), link.socket() as host, ExitStack() as undo:
         earlier = read_record(saved, key)
         if earlier and not earlier.get("dpdk") and attached(args, earlier):
             raise InvalidConfig(f"{args.ifname!r} is already attached to container "
                                 f"{args.container_id!r}: DEL it first")
-        if conf.pci_address and has_userspace_driver(args, conf.pci_address):
+        if conf.pci_address and device.has_userspace_driver(args.environ, conf.pci_address):
             record: dict[str, Any] = {"containerID": args.container_id, "ifname": args.ifname,
                                       "netns": args.netns, "dpdk": True,
                                       "pciAddress": conf.pci_address}
@@ -435,13 +223,13 @@ def cmd_add(args: CmdArgs) -> Result:
         else:
             message = find_device(host, args, conf)
             record = describe(message, args, conf)
-            device = link.Link(message)
             with link.socket(args.netns) as pod:
-                move_in(host, device, args, conf.mtu)
+                device.move_in(host, link.Link(message), args.ifname, args.netns,
+                               {"mtu": conf.mtu} if conf.mtu else None)
                 inside = link.find(pod, args.ifname)
                 assert inside is not None
                 record.update(podIndex=inside.index, podMac=inside.mac)
-                undo.callback(return_device, args.netns, record)
+                undo.callback(device.return_device, args.netns, record)
                 pod.link("set", index=inside.index, state="up")
             saved.write(key, json.dumps(record, indent=1).encode())
             undo.callback(saved.delete, key)
@@ -470,7 +258,7 @@ def cmd_del(args: CmdArgs) -> None:
     already is fine. IPAM goes first, so a pod namespace that is gone (or a device that
     cannot come back) never leaks the address."""
     conf = load_conf(args, selecting=False)
-    saved, key = state_store(args, conf), state_key(args.container_id, args.ifname)
+    saved, key = state_store(args, conf), device.attachment_key(args.container_id, args.ifname)
     with saved.locked():
         record = read_record(saved, key)
         if conf.ipam_type:
@@ -478,9 +266,9 @@ def cmd_del(args: CmdArgs) -> None:
         if record is not None and not record.get("dpdk"):
             # Without CNI_NETNS the namespace ADD saw may still be there: the device with it.
             pod_path = args.netns or str(record.get("netns") or "")
-            if is_namespace(pod_path):
-                return_device(pod_path, record)
-        elif record is None and is_namespace(args.netns):
+            if device.is_namespace(pod_path):
+                device.return_device(pod_path, record)
+        elif record is None and device.is_namespace(args.netns):
             return_reference_attachment(args)
         saved.delete(key)
 
@@ -492,7 +280,8 @@ def cmd_check(args: CmdArgs) -> None:
     prev = args.prev_result
     if prev is None:
         raise CNIError("required prevResult missing")
-    record = read_record(state_store(args, conf), state_key(args.container_id, args.ifname))
+    key = device.attachment_key(args.container_id, args.ifname)
+    record = read_record(state_store(args, conf), key)
     if record is not None and record.get("dpdk"):
         return  # nothing of it lives in the pod
     position, entry = next(((i, e) for i, e in enumerate(prev.interfaces)
@@ -504,21 +293,13 @@ def cmd_check(args: CmdArgs) -> None:
         if inside is None:
             raise CNIError(f"interface {args.ifname!r} not found in {args.netns!r}")
         if record is not None:
-            device = locate(pod, record)
-            if device is None or device.index != inside.index:
+            attached_device = device.locate(pod, record)
+            if attached_device is None or attached_device.index != inside.index:
                 raise CNIError(f"{args.ifname!r} in {args.netns!r} is not the device "
                                f"{record.get('name')!r} attached by ADD")
         if entry.mac and inside.mac != entry.mac:
             raise CNIError(f"{args.ifname!r} MAC {inside.mac} is not {entry.mac}")
-        held = set(link.addresses(pod, inside.index))
-        present = link.routes(pod, inside.index)
-    for ip in prev.ips:
-        if ip.interface in (None, position) and ip.address not in held:
-            raise CNIError(f"{args.ifname!r} lacks address {ip.address}")
-    for route in prev.routes:
-        if not any(r["dst"] == route.dst and (route.gw is None or r["gw"] == route.gw)
-                   for r in present):
-            raise CNIError(f"route {route.dst} via {route.gw} missing in {args.netns!r}")
+        device.check_addresses(pod, inside, prev, position, args.ifname, args.netns)
 
 
 def cmd_status(args: CmdArgs) -> None:
@@ -531,7 +312,8 @@ def cmd_gc(args: CmdArgs) -> None:
     """Forget attachments the runtime no longer knows (their DEL came, or never will: a
     device in a pod namespace that is gone went back to the node with it), then IPAM's."""
     conf = load_conf(args, selecting=False)
-    valid = {state_key(container, ifname) for container, ifname in config.valid_attachments(args)}
+    valid = {device.attachment_key(container, ifname)
+             for container, ifname in config.valid_attachments(args)}
     saved = state_store(args, conf)
     with saved.locked():
         for key in saved.names():
