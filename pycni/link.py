@@ -226,7 +226,9 @@ def configure(pod: IPRoute, ifname: str, result: Result, index_in_result: int) -
             if value is not None:
                 spec[key] = value
         try:
-            pod.route("add", **spec)
+            # append: a second default route (an attachment's, beside the cluster network's)
+            # is added next to the first instead of failing, as the reference does since 1.2
+            pod.route("append", **spec)
         except Exception as exc:
             raise CNIError(f"failed to add route '{route.dst} via {gateway} dev {ifname}': "
                            f"{exc}") from None

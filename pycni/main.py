@@ -37,15 +37,20 @@ def admin(args: list[str]) -> int:
     from pycni import __version__
 
     if not args or args[0] in ("-h", "--help", "help"):
-        print("usage: pycni <type> | version | types | ipam ls|gc | flanneld\n"
+        print("usage: pycni <type> | version | types | ipam ls|gc | flanneld | multus\n"
               "  <type>   run the plugin of that CNI type (CNI_* environment, config on stdin)\n"
               "  version  print pycni's version and the CNI versions it speaks\n"
               "  types    list the CNI types this build provides\n"
               "  ipam     list host-local allocations, free leaked ones (pycni ipam --help)\n"
-              "  flanneld the flannel node agent (pycni flanneld --help)",
+              "  flanneld the flannel node agent (pycni flanneld --help)\n"
+              "  multus   attach or detach a network on a running pod (pycni multus --help)",
               file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     command = args[0]
+    if command == "multus" and len(args) > 1:  # bare `pycni multus` is the plugin
+        from pycni.meta.multus import hotplug
+
+        return hotplug.main(args[1:])
     if command in registry.PLUGINS:
         run_plugin(command)
     if command == "version":

@@ -18,11 +18,13 @@ PLUGINS: dict[str, str] = {
     "ipvlan": "pycni.plugins.ipvlan",
     "vlan": "pycni.plugins.vlan",
     "host-device": "pycni.plugins.host_device",
+    "sriov": "pycni.plugins.sriov.plugin",
     "host-local": "pycni.ipam.host_local.plugin",
     "static": "pycni.ipam.static",
     "portmap": "pycni.meta.portmap",
     "tuning": "pycni.meta.tuning",
     "bandwidth": "pycni.meta.bandwidth",
+    "multus": "pycni.meta.multus.plugin",
     "flannel": "pycni.plugins.flannel.plugin",
 }
 # Types that speak fewer versions than spec.ALL (VERSION answers from here, unloaded).
