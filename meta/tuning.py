@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 DEFAULT_DATA_DIR = "/var/lib/cni/tuning"
 DEFAULT_ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
 ALLOWLIST_ENV = "PYCNI_TUNING_ALLOWLIST"
-MAC = re.compile(r"^([0-9a-fA-F]{2})([:-][0-9a-fA-F]{2}){5}$")
+MAC = config.MAC
 IFF_ALLMULTI = 0x200
 
 

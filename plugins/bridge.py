@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import re
 from contextlib import ExitStack
 from typing import Any
 
@@ -21,7 +20,7 @@ from pycni.errors import CNIError, IncompatibleVersion, InvalidConfig
 from pycni.result import Interface, Result, Route
 from pycni.skel import CmdArgs, Plugin
 
-MAC = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
+MAC = config.MAC
 
 
 # --- config ---------------------------------------------------------------------------------

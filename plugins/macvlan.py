@@ -8,7 +8,6 @@ master is gone, CHECK also checks the master, MTU and addresses, STATUS and GC r
 
 from __future__ import annotations
 
-import re
 from contextlib import ExitStack
 
 from pycni import config, ipam_delegate, spec, sublink
@@ -16,7 +15,7 @@ from pycni.errors import CNIError, IncompatibleVersion, InvalidConfig
 from pycni.result import Result
 from pycni.skel import CmdArgs, Plugin
 
-MAC = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
+MAC = config.MAC
 # IFLA_MACVLAN_MODE values
 MODES = {"bridge": 4, "private": 1, "vepa": 2, "passthru": 8}
 

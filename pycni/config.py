@@ -6,6 +6,7 @@ Overrides apply in the spec's order, later winning: the config file, then `CNI_A
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -13,6 +14,8 @@ from pydantic.alias_generators import to_camel
 
 from pycni.errors import InvalidConfig, InvalidEnvironment, UnsupportedField
 from pycni.skel import CmdArgs
+
+MAC = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")   # a MAC address key's value
 
 # Keys kubelet passes in CNI_ARGS; every plugin accepts them.
 K8S_ARGS = frozenset({"K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID",
