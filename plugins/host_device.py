@@ -284,22 +284,8 @@ def cmd_check(args: CmdArgs) -> None:
     record = read_record(state_store(args, conf), key)
     if record is not None and record.get("dpdk"):
         return  # nothing of it lives in the pod
-    position, entry = next(((i, e) for i, e in enumerate(prev.interfaces)
-                            if e.name == args.ifname and e.sandbox == args.netns), (-1, None))
-    if entry is None:
-        raise CNIError(f"prevResult has no interface {args.ifname!r} in {args.netns!r}")
-    with link.socket(args.netns) as pod:
-        inside = link.find(pod, args.ifname)
-        if inside is None:
-            raise CNIError(f"interface {args.ifname!r} not found in {args.netns!r}")
-        if record is not None:
-            attached_device = device.locate(pod, record)
-            if attached_device is None or attached_device.index != inside.index:
-                raise CNIError(f"{args.ifname!r} in {args.netns!r} is not the device "
-                               f"{record.get('name')!r} attached by ADD")
-        if entry.mac and inside.mac != entry.mac:
-            raise CNIError(f"{args.ifname!r} MAC {inside.mac} is not {entry.mac}")
-        device.check_addresses(pod, inside, prev, position, args.ifname, args.netns)
+    what = f"the device {record.get('name')!r}" if record is not None else ""
+    device.check_attached(args, prev, record, what)
 
 
 def cmd_status(args: CmdArgs) -> None:

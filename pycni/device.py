@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
     from pycni.result import Result
+    from pycni.skel import CmdArgs
 
 SYSFS_ROOT_ENV = "PYCNI_SYSFS_ROOT"  # where sysfs is read (the tests use a fake tree)
 USERSPACE_DRIVERS = frozenset({"vfio-pci", "uio_pci_generic", "igb_uio"})  # DPDK
@@ -258,6 +259,29 @@ def return_device(pod_path: str, record: Mapping[str, Any]) -> str | None:
 
 
 # --- CHECK ----------------------------------------------------------------------------------
+
+def check_attached(args: CmdArgs, prev: Result, record: Mapping[str, Any] | None,
+                   what: str) -> None:
+    """CHECK of a moved device: it is in the pod as CNI_IFNAME, it is the device ADD attached
+    (`record`'s identity, when there is a record), with the prevResult's MAC, addresses and
+    routes. `what` names the device in errors."""
+    position, entry = next(((i, e) for i, e in enumerate(prev.interfaces)
+                            if e.name == args.ifname and e.sandbox == args.netns), (-1, None))
+    if entry is None:
+        raise CNIError(f"prevResult has no interface {args.ifname!r} in {args.netns!r}")
+    with link.socket(args.netns) as pod:
+        inside = link.find(pod, args.ifname)
+        if inside is None:
+            raise CNIError(f"interface {args.ifname!r} not found in {args.netns!r}")
+        if record is not None:
+            attached = locate(pod, record)
+            if attached is None or attached.index != inside.index:
+                raise CNIError(f"{args.ifname!r} in {args.netns!r} is not {what} attached "
+                               "by ADD")
+        if entry.mac and inside.mac != entry.mac:
+            raise CNIError(f"{args.ifname!r} MAC {inside.mac} is not {entry.mac}")
+        check_addresses(pod, inside, prev, position, args.ifname, args.netns)
+
 
 def check_addresses(pod: IPRoute, inside: link.Link, prev: Result, position: int,
                     ifname: str, pod_path: str) -> None:

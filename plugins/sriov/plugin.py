@@ -440,21 +440,7 @@ def cmd_check(args: CmdArgs) -> None:
                            f"{current[name]!r}, not {value!r}")
     if not marker.get("netdev"):
         return  # DPDK: nothing of it lives in the pod's namespace
-    position, entry = next(((i, e) for i, e in enumerate(prev.interfaces)
-                            if e.name == args.ifname and e.sandbox == args.netns), (-1, None))
-    if entry is None:
-        raise CNIError(f"prevResult has no interface {args.ifname!r} in {args.netns!r}")
-    with link.socket(args.netns) as pod:
-        inside = link.find(pod, args.ifname)
-        if inside is None:
-            raise CNIError(f"interface {args.ifname!r} not found in {args.netns!r}")
-        attached = device.locate(pod, marker["netdev"])
-        if attached is None or attached.index != inside.index:
-            raise CNIError(f"{args.ifname!r} in {args.netns!r} is not VF "
-                           f"{marker['pciAddress']} attached by ADD")
-        if entry.mac and inside.mac != entry.mac:
-            raise CNIError(f"{args.ifname!r} MAC {inside.mac} is not {entry.mac}")
-        device.check_addresses(pod, inside, prev, position, args.ifname, args.netns)
+    device.check_attached(args, prev, marker["netdev"], f"VF {marker['pciAddress']}")
 
 
 def cmd_status(args: CmdArgs) -> None:
