@@ -64,6 +64,7 @@ bench: build cnitool
 	$(PYTHON) -m conformance.bench_ipam --rounds 100
 	$(PYTHON) -m conformance.bench_bridge --rounds 100
 	$(PYTHON) -m conformance.bench_macvlan --rounds 100
+	$(PYTHON) -m conformance.bench_multus --rounds 50
 	$(PYTHON) -m conformance.bench_flannel --peers 1000,10000
 
 stress: build cnitool

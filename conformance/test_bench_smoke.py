@@ -113,3 +113,28 @@ def test_bench_macvlan_smoke(built: None, scratch_dir: Path) -> None:
         for op in ("add", "check", "del"):
             assert len(report["samples"][side][op]) == 3
             assert report["stats"][side][op]["p50"] > 0
+
+
+def test_bench_multus_smoke(built: None, scratch_dir: Path) -> None:
+    out = scratch_dir / "results"
+
+    done = subprocess.run([sys.executable, "-m", "conformance.bench_multus", "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+
+    assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    for op in ("ADD", "DEL"):
+        assert any(line.split()[:1] == [op] for line in done.stdout.splitlines()), done.stdout
+    assert "overhead ratio multus/sum" in done.stdout
+    report = json.loads((out / "multus-latest.json").read_text())
+    assert report["rounds"] == 3
+    assert set(report["samples"]["direct"]) == {"cbr0", "business-network", "storage-network"}
+    for side in ("multus", "direct"):
+        for op in ("add", "del"):
+            assert report["stats"][side][op]["n"] == 3, (side, op)
+            assert report["stats"][side][op]["p50"] > 0, (side, op)
+    for network in report["samples"]["direct"].values():
+        assert len(network["add"]) == len(network["del"]) == 3
+    assert set(report["ratio_p50"]) == set(report["targets"]) == {"add", "del"}
+    assert all(target["max_ratio_p50"] == 1.3 for target in report["targets"].values())
+    assert list(out.glob("multus-2*.json")), "no timestamped result file"
