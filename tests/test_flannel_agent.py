@@ -114,7 +114,8 @@ def test_peer_leaving_and_joining_is_followed(make_cluster: Any, tmp_path: Path)
     gone_subnet = third.subnet()
     third.stop_agent()
     assert wait_for(lambda: expect_vxlan_peers(first, [second]), 10), vxlan_view(first)
-    assert gone_subnet not in vxlan_view(second)["routes"]
+    assert wait_for(lambda: gone_subnet not in vxlan_view(second)["routes"], 5), \
+        vxlan_view(second)
 
 
 def test_restart_keeps_subnet_and_mac_and_drops_departed_peers(make_cluster: Any) -> None:
