@@ -155,17 +155,8 @@ def state_store(args: CmdArgs, conf: HostDeviceConf) -> store.Store:
 
 
 def read_record(saved: store.Store, key: str) -> dict[str, Any] | None:
-    raw = saved.read(key)
-    if raw is None:
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
-        raise CNIError(f"saved state {saved.path(key)} is corrupt: remove it and return the "
-                       "device by hand if it is still in the pod")
-    return record
+    return saved.read_object(key, "remove it and return the device by hand if it is still in "
+                                  "the pod")
 
 
 def describe(message: Any, args: CmdArgs, conf: HostDeviceConf) -> dict[str, Any]:

@@ -75,19 +75,12 @@ def cmd_add(args: CmdArgs) -> Result:
 def cmd_del(args: CmdArgs) -> None:
     """Chained without `ipam`, the addresses belong to the previous plugin: only the link
     goes. The master is not needed."""
-    conf = load_conf(args)
-    sublink.remove(args)
-    if conf.ipam_type:
-        ipam_delegate.delete(conf.ipam_type, args)
+    sublink.release(args, load_conf(args))
 
 
 def cmd_check(args: CmdArgs) -> None:
     conf = load_conf(args)
-    if conf.ipam_type:
-        ipam_delegate.forward("CHECK", conf.ipam_type, args)
-    prev = args.prev_result
-    if prev is None:
-        raise CNIError("required prevResult missing")
+    prev = sublink.check_start(args, conf)
     with sublink.sockets(args, conf) as (home, pod):
         # Chained without `master` it was the previous plugin's interface, which the final
         # result no longer names: the master is then not checked.
@@ -102,15 +95,11 @@ def cmd_check(args: CmdArgs) -> None:
 
 
 def cmd_status(args: CmdArgs) -> None:
-    conf = load_conf(args)
-    if conf.ipam_type:
-        ipam_delegate.forward("STATUS", conf.ipam_type, args)
+    sublink.to_ipam("STATUS", args, load_conf(args))
 
 
 def cmd_gc(args: CmdArgs) -> None:
-    conf = load_conf(args)
-    if conf.ipam_type:
-        ipam_delegate.forward("GC", conf.ipam_type, args)
+    sublink.to_ipam("GC", args, load_conf(args))
 
 
 PLUGIN = Plugin("pycni ipvlan plugin", add=cmd_add, delete=cmd_del, check=cmd_check,

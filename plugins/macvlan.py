@@ -93,19 +93,12 @@ def cmd_add(args: CmdArgs) -> Result:
 def cmd_del(args: CmdArgs) -> None:
     """The link goes with the pod's namespace anyway; the address must be given back even
     when the namespace is gone. The master is not needed."""
-    conf = load_conf(args)
-    sublink.remove(args)
-    if conf.ipam_type:
-        ipam_delegate.delete(conf.ipam_type, args)
+    sublink.release(args, load_conf(args))
 
 
 def cmd_check(args: CmdArgs) -> None:
     conf = load_conf(args)
-    if conf.ipam_type:
-        ipam_delegate.forward("CHECK", conf.ipam_type, args)
-    prev = args.prev_result
-    if prev is None:
-        raise CNIError("required prevResult missing")
+    prev = sublink.check_start(args, conf)
     with sublink.sockets(args, conf) as (home, pod):
         master = sublink.find_master(home, conf)
         data = sublink.check(pod, args, prev, "macvlan", master, conf.mtu)
@@ -117,15 +110,11 @@ def cmd_check(args: CmdArgs) -> None:
 
 
 def cmd_status(args: CmdArgs) -> None:
-    conf = load_conf(args)
-    if conf.ipam_type:
-        ipam_delegate.forward("STATUS", conf.ipam_type, args)
+    sublink.to_ipam("STATUS", args, load_conf(args))
 
 
 def cmd_gc(args: CmdArgs) -> None:
-    conf = load_conf(args)
-    if conf.ipam_type:
-        ipam_delegate.forward("GC", conf.ipam_type, args)
+    sublink.to_ipam("GC", args, load_conf(args))
 
 
 PLUGIN = Plugin("pycni macvlan plugin", add=cmd_add, delete=cmd_del, check=cmd_check,

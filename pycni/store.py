@@ -10,7 +10,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from pycni.errors import InvalidConfig, IOFailure
+from pycni.errors import CNIError, InvalidConfig, IOFailure
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_ROOT = "/var/lib/cni"
 LOCK_NAME = "lock"
@@ -132,6 +136,22 @@ class Store:
             return None
         except OSError as exc:
             raise IOFailure(f"failed to read {self.path(key)}: {exc.strerror}") from None
+
+    def read_object(self, key: str, remedy: str) -> dict[str, Any] | None:
+        """The JSON object saved under `key`, None when there is none. A corrupt file is an
+        error naming it and saying what to do (`remedy`), never silently ignored state."""
+        import json
+
+        raw = self.read(key)
+        if raw is None:
+            return None
+        try:
+            found = json.loads(raw)
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            raise CNIError(f"saved state {self.path(key)} is corrupt: {remedy}")
+        return found
 
     def delete(self, key: str) -> bool:
         try:

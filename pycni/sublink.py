@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pycni import config, link, netns, sysctl
+from pycni import config, ipam_delegate, link, netns, sysctl
 from pycni.errors import CNIError, InvalidConfig
 from pycni.result import Interface, Result
 
@@ -198,3 +198,26 @@ def check(pod: IPRoute, args: CmdArgs, prev: Result, kind: str, master: link.Lin
                    for r in present):
             raise CNIError(f"route {route.dst} via {route.gw} missing in {args.netns!r}")
     return link_data(msg)
+
+
+def release(args: CmdArgs, conf: SubLinkConf) -> None:
+    """DEL: the link goes (it would with the pod's namespace anyway) and the address is given
+    back, even when the namespace is gone. The master is not needed."""
+    remove(args)
+    if conf.ipam_type:
+        ipam_delegate.delete(conf.ipam_type, args)
+
+
+def to_ipam(command: str, args: CmdArgs, conf: SubLinkConf) -> None:
+    """STATUS, GC and the IPAM half of CHECK: IPAM answers for the plugin."""
+    if conf.ipam_type:
+        ipam_delegate.forward(command, conf.ipam_type, args)
+
+
+def check_start(args: CmdArgs, conf: SubLinkConf) -> Result:
+    """CHECK's common start: IPAM's CHECK, then the prevResult every CHECK needs."""
+    to_ipam("CHECK", args, conf)
+    prev = args.prev_result
+    if prev is None:
+        raise CNIError("required prevResult missing")
+    return prev

@@ -199,17 +199,7 @@ class State:
 
 
 def read_json(saved: store.Store, key: str) -> dict[str, Any] | None:
-    raw = saved.read(key)
-    if raw is None:
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
-        raise CNIError(f"saved state {saved.path(key)} is corrupt: remove it, and restore the "
-                       "VF by hand if it is still in a pod")
-    return record
+    return saved.read_object(key, "remove it, and restore the VF by hand if it is still in a pod")
 
 
 def owner_of(args: CmdArgs) -> dict[str, str]:
