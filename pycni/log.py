@@ -48,3 +48,13 @@ def get(stream: IO[str] | None = None) -> logging.Logger:
     if _configured is None or (_configured[0] is None and stream and _configured[1] is not stream):
         return setup(stream=stream)
     return logging.getLogger("pycni")
+
+
+def reset() -> None:
+    """Forget the setup (a forked child of `pycni daemon` logs to its caller's stderr)."""
+    import logging
+
+    global _configured
+    _configured = None
+    for old in list(logging.getLogger("pycni").handlers):
+        logging.getLogger("pycni").removeHandler(old)

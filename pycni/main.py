@@ -28,6 +28,11 @@ def run_plugin(plugin_type: str) -> None:
 
         sys.stdout.write(spec.version_json(registry.versions(plugin_type)))
         sys.exit(0)
+    from pycni import daemon
+
+    status = daemon.forward(sys.argv)
+    if status is not None:  # the resident server ran it
+        os._exit(status)
     from pycni import skel
 
     skel.main(registry.load(plugin_type))
@@ -37,11 +42,12 @@ def admin(args: list[str]) -> int:
     from pycni import __version__
 
     if not args or args[0] in ("-h", "--help", "help"):
-        print("usage: pycni <type> | version | types | ipam ls|gc | flanneld | multus\n"
+        print("usage: pycni <type> | version | types | ipam ls|gc | daemon | flanneld | multus\n"
               "  <type>   run the plugin of that CNI type (CNI_* environment, config on stdin)\n"
               "  version  print pycni's version and the CNI versions it speaks\n"
               "  types    list the CNI types this build provides\n"
               "  ipam     list host-local allocations, free leaked ones (pycni ipam --help)\n"
+              "  daemon   serve plugin starts from a warm process (pycni daemon --help)\n"
               "  flanneld the flannel node agent (pycni flanneld --help)\n"
               "  multus   attach or detach a network on a running pod (pycni multus --help)",
               file=sys.stdout if args else sys.stderr)
@@ -62,6 +68,10 @@ def admin(args: list[str]) -> int:
         from pycni.ipam.host_local import admin as ipam_admin
 
         return ipam_admin.main(args[1:])
+    if command == "daemon":
+        from pycni import daemon
+
+        return daemon.main(args[1:])
     if command == "flanneld":
         from pycni.plugins.flannel import agent
 

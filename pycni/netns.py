@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000  # mount namespace
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: which kind of namespace it is
 
 
@@ -53,10 +54,15 @@ def validate(path: str, missing_ok: bool = False) -> bool:
 
 
 def _setns(fd: int) -> None:
+    setns(fd, CLONE_NEWNET)
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2): this thread into the namespace open at `fd`, of kind `nstype`."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    if libc.setns(fd, nstype) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
 

@@ -1,0 +1,380 @@
+"""The resident server: plugin runs forked from a warm process instead of a cold start.
+
+A cold plugin start pays the interpreter, pydantic (models built at import) and pyroute2
+before any work: hundreds of milliseconds, for every exec of every pod start. `pycni daemon`
+pays them once: it imports every plugin and the libraries they reach for, freezes the heap and
+listens on a Unix socket (root only). The exec'd program, before importing anything heavy,
+connects to that socket and hands over its standard streams (SCM_RIGHTS), arguments,
+environment and working directory; the server forks a child that takes on the caller's network
+and mount namespaces, streams, environment and working directory and runs `pycni.main` exactly
+as the exec'd program would have; the child sends the exit status back itself, and the caller
+exits with it. What the caller prints is what the child printed, on the caller's own stdout.
+
+- No server (no socket, connection refused, `PYCNI_DAEMON_SOCKET` empty): the program runs the
+  plugin itself, as it always did. The server is an accelerator, never a dependency.
+- The server refuses (the caller then runs the plugin itself) when it cannot stand in for the
+  caller: another user, namespaces it cannot enter.
+- The caller killed (a runtime's timeout) kills the child, as it would kill an exec'd plugin.
+- The child runs in the server's cgroup and with the server's resource limits.
+
+The client half (`forward`) runs on every plugin start, so it imports only `_socket` and
+`array` (C modules); the server half imports what it needs when it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    import _socket
+    import socket
+
+SOCKET_ENV = "PYCNI_DAEMON_SOCKET"
+DEFAULT_SOCKET = "/run/pycni/daemon.sock"
+# The server's answer when it will not run the request: the caller runs the plugin itself.
+REFUSED = 0xFFFFFFFF
+# Modules the plugins import lazily, inside the functions that need them: imported by the
+# server up front so that no child pays for them.
+WARM_MODULES = (
+    "json", "logging", "subprocess", "ctypes", "fcntl", "ipaddress", "hashlib", "uuid",
+    "pyroute2", "pyroute2.iproute.linux", "pycni.link", "pycni.firewall", "pycni.sysctl",
+    "pycni.store", "pycni.invoke", "pycni.ipam_delegate", "pycni.ifflags",
+    "pycni.ipam.host_local.disk", "pycni.ipam.host_local.ranges",
+    "kubernetes.client", "kubernetes.config", "etcd3gw",
+)
+_serving = False  # set in the server's children: a child never forwards again
+
+
+def socket_path(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """The server's socket ('' when forwarding is turned off)."""
+    return environ.get(SOCKET_ENV, DEFAULT_SOCKET)
+
+
+def forward(argv: list[str]) -> int | None:
+    """Have the server run this plugin start; its exit status, or None to run it here."""
+    path = socket_path()
+    if _serving or not path:
+        return None
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(path)
+        except OSError:
+            return None  # no server (or a stale socket): run the plugin here
+        import array
+
+        payload = encode(argv, os.environb, os.getcwdb())
+        fds = array.array("i", (0, 1, 2))
+        sock.sendmsg([len(payload).to_bytes(4, "big") + payload],
+                     [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
+        answer = _recv_exactly(sock, 4)
+    except OSError:
+        answer = b""
+    finally:
+        sock.close()
+    if len(answer) < 4:  # the server and its child both died under us
+        sys.stdout.write('{"cniVersion": "0.1.0", "code": 999, '
+                         '"msg": "pycni daemon: lost the connection to the server"}\n')
+        sys.stdout.flush()
+        return 1
+    status = int.from_bytes(answer, "big")
+    return None if status == REFUSED else status
+
+
+def _recv_exactly(sock: _socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def encode(argv: list[str], environ: os._Environ[bytes] | dict[bytes, bytes], cwd: bytes
+           ) -> bytes:
+    """cwd, argc, argv..., KEY=VALUE... joined by NUL (none of them can contain one)."""
+    parts = [cwd, str(len(argv)).encode(), *(os.fsencode(arg) for arg in argv)]
+    parts += [key + b"=" + value for key, value in environ.items()]
+    return b"\0".join(parts)
+
+
+def decode(payload: bytes) -> tuple[list[str], dict[str, str], str]:
+    """argv, environment and working directory of an encoded request."""
+    parts = payload.split(b"\0")
+    cwd, argc = parts[0], int(parts[1])
+    argv = [os.fsdecode(arg) for arg in parts[2:2 + argc]]
+    environ = {}
+    for item in parts[2 + argc:]:
+        key, _, value = item.partition(b"=")
+        if key:
+            environ[os.fsdecode(key)] = os.fsdecode(value)
+    return argv, environ, os.fsdecode(cwd)
+
+
+# ---- the server ---------------------------------------------------------------------------
+
+def main(args: list[str]) -> int:
+    """`pycni daemon [--socket PATH]`: serve plugin starts until SIGTERM or SIGINT."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="pycni daemon",
+        description="Serve plugin starts from a warm process (the programs in /opt/cni/bin "
+                    "use it when its socket exists, and run the plugin themselves otherwise).")
+    parser.add_argument("--socket", default=socket_path() or DEFAULT_SOCKET,
+                        help=f"Unix socket to listen on (default: ${SOCKET_ENV} or "
+                             f"{DEFAULT_SOCKET})")
+    options = parser.parse_args(args)
+    warm_up()
+    return Server(options.socket).serve()
+
+
+def warm_up() -> None:
+    """Import every plugin and what they import lazily, then freeze the heap (so the garbage
+    collector of a child does not copy the shared pages it would otherwise touch)."""
+    import contextlib
+    import gc
+    import importlib
+
+    from pycni import registry
+
+    for plugin_type in registry.PLUGINS:
+        registry.load(plugin_type)
+    for name in WARM_MODULES:
+        with contextlib.suppress(ImportError):  # an optional library missing from this build
+            importlib.import_module(name)
+    gc.collect()
+    gc.freeze()
+
+
+class Server:
+    """The accept loop: a child per request, watched through pidfds (the child's, to reap it;
+    the caller's, to kill the child when the caller dies first)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.children: dict[int, tuple[int, socket.socket, int | None]] = {}
+        self.stopping = False
+
+    def serve(self) -> int:
+        import contextlib
+        import selectors
+        import signal
+        import socket
+
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a socket left by a server that died
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        listener.listen(128)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, ("accept", None))
+        self.listener = listener
+
+        def stop(signum: int, frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        print(f"pycni daemon: serving on {self.path}", file=sys.stderr, flush=True)
+        try:
+            while not self.stopping:
+                for key, _ in self.selector.select(timeout=1.0):
+                    kind, pid = key.data
+                    if kind != "accept" and pid not in self.children:
+                        continue  # reaped earlier in this round
+                    if kind == "accept":
+                        self.accept()
+                    elif kind == "child":
+                        self.reap(pid)
+                    else:
+                        self.caller_gone(pid)
+        finally:
+            self.selector.close()
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        # Children still running finish their runs and answer their callers themselves.
+        return 0
+
+    def accept(self) -> None:
+        import selectors
+
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        caller_pid, uid, _ = peer_credentials(conn)
+        if uid != os.getuid():
+            _send_status(conn, REFUSED)
+            conn.close()
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self.selector.close()
+            self.listener.close()
+            for _, other, watch in self.children.values():
+                other.close()
+                if watch is not None:
+                    os.close(watch)
+            os._exit(run_child(conn, caller_pid))
+        child_fd = os.pidfd_open(pid)
+        try:
+            caller_fd: int | None = os.pidfd_open(caller_pid) if caller_pid > 0 else None
+        except OSError:  # the caller is not in our pid namespace, or already gone
+            caller_fd = None
+        self.children[pid] = (child_fd, conn, caller_fd)
+        self.selector.register(child_fd, selectors.EVENT_READ, ("child", pid))
+        if caller_fd is not None:
+            self.selector.register(caller_fd, selectors.EVENT_READ, ("caller", pid))
+
+    def reap(self, pid: int) -> None:
+        child_fd, conn, caller_fd = self.children.pop(pid)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):  # the child could not answer itself
+            _send_status(conn, 128 + os.WTERMSIG(status))
+        for fd in (child_fd, caller_fd):
+            if fd is not None:
+                self.selector.unregister(fd)
+                os.close(fd)
+        conn.close()
+
+    def caller_gone(self, pid: int) -> None:
+        """The caller died before its child finished: kill the child, as the caller's own
+        death would have killed an exec'd plugin."""
+        child_fd, conn, caller_fd = self.children[pid]
+        if caller_fd is not None:
+            self.selector.unregister(caller_fd)
+            os.close(caller_fd)
+            self.children[pid] = (child_fd, conn, None)
+        import contextlib
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    import socket
+    import struct
+
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def _send_status(conn: socket.socket, status: int) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):  # the caller is gone
+        conn.sendall(status.to_bytes(4, "big"))
+
+
+def run_child(conn: socket.socket, caller_pid: int) -> int:
+    """In the forked child: become the caller's plugin run, answer its status."""
+    import socket
+
+    global _serving
+    _serving = True
+    try:
+        argv, environ, cwd, fds = receive(conn)
+        enter_namespaces_of(caller_pid)
+        os.chdir(cwd)
+    except Exception as exc:  # noqa: BLE001 - anything: the caller runs the plugin itself
+        print(f"pycni daemon: refused a request: {exc}", file=sys.stderr, flush=True)
+        _send_status(conn, REFUSED)
+        return 1
+    become(fds, environ, argv)
+    status = run_main(argv)
+    _send_status(conn, status)
+    conn.shutdown(socket.SHUT_RDWR)
+    return status
+
+
+def receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str, list[int]]:
+    import socket
+
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+    if len(fds) != 3 or len(data) < 4:
+        raise ValueError("malformed request")
+    size = int.from_bytes(data[:4], "big")
+    payload = data[4:]
+    while len(payload) < size:
+        chunk = conn.recv(size - len(payload))
+        if not chunk:
+            raise ValueError("truncated request")
+        payload += chunk
+    argv, environ, cwd = decode(payload)
+    return argv, environ, cwd, fds
+
+
+def enter_namespaces_of(pid: int) -> None:
+    """Take on the caller's network and mount namespaces (those it would have run in)."""
+    from pycni import netns
+
+    for kind, flag in (("mnt", netns.CLONE_NEWNS), ("net", netns.CLONE_NEWNET)):
+        theirs = f"/proc/{pid}/ns/{kind}"
+        if os.stat(theirs).st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino:
+            continue
+        fd = os.open(theirs, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            netns.setns(fd, flag)
+        finally:
+            os.close(fd)
+
+
+def become(fds: list[int], environ: dict[str, str], argv: list[str]) -> None:
+    """The caller's standard streams, environment and arguments, fresh Python streams on
+    them, the default signal handlers and no logging set up: a process as exec left it."""
+    import signal
+
+    from pycni import log
+
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the run
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
+                      buffering=1, closefd=False)
+    os.environ.clear()
+    os.environ.update(environ)
+    sys.argv = list(argv)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    log.reset()
+
+
+def run_main(argv: list[str]) -> int:
+    """`pycni.main.main(argv)` to its exit status, streams flushed."""
+    from pycni import main
+
+    try:
+        main.main(argv)
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - what an uncaught exception does to a process
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    import contextlib
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):
+            stream.flush()
+    return status
