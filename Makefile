@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 DESTDIR ?=
-SOURCES := $(shell find pycni plugins ipam meta -name '*.py') build/pycni.spec build/entry.py
+SOURCES := $(shell find pycni plugins ipam meta -name '*.py') build/pycni.spec build/entry.py \
+	build/launcher.py
 
 .PHONY: all venv stage build cnitool install test test-fast lint bench stress clean
 
@@ -28,7 +29,7 @@ build/stage/.staged: $(SOURCES)
 	find build/stage -name __pycache__ -prune -exec rm -rf {} +
 	touch $@
 
-# dist/bin: the onedir bundle plus one link per implemented CNI type.
+# dist/bin: the onedir bundle plus one link per implemented CNI type (to its launcher, `cni`).
 build: dist/bin/.built
 dist/bin/.built: build/stage/.staged | venv
 	rm -rf build/work
@@ -38,7 +39,7 @@ dist/bin/.built: build/stage/.staged | venv
 	mv build/work/dist/pycni dist/bin/pycni.bundle
 	for type in $$(PYTHONPATH=build/stage $(PYTHON) -c \
 		'from pycni import registry; print(*sorted(registry.PLUGINS))'); do \
-		ln -s pycni.bundle/pycni dist/bin/$$type; done
+		ln -s pycni.bundle/cni dist/bin/$$type; done
 	touch $@
 
 # The conformance runtime: a cnitool built against Debian's libcni.

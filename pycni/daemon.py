@@ -17,8 +17,8 @@ exits with it. What the caller prints is what the child printed, on the caller's
 - The caller killed (a runtime's timeout) kills the child, as it would kill an exec'd plugin.
 - The child runs in the server's cgroup and with the server's resource limits.
 
-The client half (`forward`) runs on every plugin start, so it imports only `_socket` and
-`array` (C modules); the server half imports what it needs when it starts.
+The client half is `pycni.launch` (it runs on every plugin start, so it imports almost
+nothing); this module is the server, importing what it needs when it starts.
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ from __future__ import annotations
 import os
 import sys
 
+from pycni import launch
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
-    import _socket
     import socket
 
-SOCKET_ENV = "PYCNI_DAEMON_SOCKET"
-DEFAULT_SOCKET = "/run/pycni/daemon.sock"
-# The server's answer when it will not run the request: the caller runs the plugin itself.
-REFUSED = 0xFFFFFFFF
 # Modules the plugins import lazily, inside the functions that need them: imported by the
 # server up front so that no child pays for them.
 WARM_MODULES = (
@@ -44,76 +41,6 @@ WARM_MODULES = (
     "pycni.ipam.host_local.disk", "pycni.ipam.host_local.ranges",
     "kubernetes.client", "kubernetes.config", "etcd3gw",
 )
-_serving = False  # set in the server's children: a child never forwards again
-
-
-def socket_path(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
-    """The server's socket ('' when forwarding is turned off)."""
-    return environ.get(SOCKET_ENV, DEFAULT_SOCKET)
-
-
-def forward(argv: list[str]) -> int | None:
-    """Have the server run this plugin start; its exit status, or None to run it here."""
-    path = socket_path()
-    if _serving or not path:
-        return None
-    import _socket
-
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        try:
-            sock.connect(path)
-        except OSError:
-            return None  # no server (or a stale socket): run the plugin here
-        import array
-
-        payload = encode(argv, os.environb, os.getcwdb())
-        fds = array.array("i", (0, 1, 2))
-        sock.sendmsg([len(payload).to_bytes(4, "big") + payload],
-                     [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
-        answer = _recv_exactly(sock, 4)
-    except OSError:
-        answer = b""
-    finally:
-        sock.close()
-    if len(answer) < 4:  # the server and its child both died under us
-        sys.stdout.write('{"cniVersion": "0.1.0", "code": 999, '
-                         '"msg": "pycni daemon: lost the connection to the server"}\n')
-        sys.stdout.flush()
-        return 1
-    status = int.from_bytes(answer, "big")
-    return None if status == REFUSED else status
-
-
-def _recv_exactly(sock: _socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def encode(argv: list[str], environ: os._Environ[bytes] | dict[bytes, bytes], cwd: bytes
-           ) -> bytes:
-    """cwd, argc, argv..., KEY=VALUE... joined by NUL (none of them can contain one)."""
-    parts = [cwd, str(len(argv)).encode(), *(os.fsencode(arg) for arg in argv)]
-    parts += [key + b"=" + value for key, value in environ.items()]
-    return b"\0".join(parts)
-
-
-def decode(payload: bytes) -> tuple[list[str], dict[str, str], str]:
-    """argv, environment and working directory of an encoded request."""
-    parts = payload.split(b"\0")
-    cwd, argc = parts[0], int(parts[1])
-    argv = [os.fsdecode(arg) for arg in parts[2:2 + argc]]
-    environ = {}
-    for item in parts[2 + argc:]:
-        key, _, value = item.partition(b"=")
-        if key:
-            environ[os.fsdecode(key)] = os.fsdecode(value)
-    return argv, environ, os.fsdecode(cwd)
 
 
 # ---- the server ---------------------------------------------------------------------------
@@ -126,9 +53,9 @@ def main(args: list[str]) -> int:
         prog="pycni daemon",
         description="Serve plugin starts from a warm process (the programs in /opt/cni/bin "
                     "use it when its socket exists, and run the plugin themselves otherwise).")
-    parser.add_argument("--socket", default=socket_path() or DEFAULT_SOCKET,
-                        help=f"Unix socket to listen on (default: ${SOCKET_ENV} or "
-                             f"{DEFAULT_SOCKET})")
+    parser.add_argument("--socket", default=launch.socket_path() or launch.DEFAULT_SOCKET,
+                        help=f"Unix socket to listen on (default: ${launch.SOCKET_ENV} or "
+                             f"{launch.DEFAULT_SOCKET})")
     options = parser.parse_args(args)
     warm_up()
     return Server(options.socket).serve()
@@ -217,7 +144,7 @@ class Server:
             return
         caller_pid, uid, _ = peer_credentials(conn)
         if uid != os.getuid():
-            _send_status(conn, REFUSED)
+            _send_status(conn, launch.REFUSED)
             conn.close()
             return
         sys.stdout.flush()
@@ -287,15 +214,14 @@ def run_child(conn: socket.socket, caller_pid: int) -> int:
     """In the forked child: become the caller's plugin run, answer its status."""
     import socket
 
-    global _serving
-    _serving = True
+    launch._serving = True
     try:
         argv, environ, cwd, fds = receive(conn)
         enter_namespaces_of(caller_pid)
         os.chdir(cwd)
     except Exception as exc:  # noqa: BLE001 - anything: the caller runs the plugin itself
         print(f"pycni daemon: refused a request: {exc}", file=sys.stderr, flush=True)
-        _send_status(conn, REFUSED)
+        _send_status(conn, launch.REFUSED)
         return 1
     become(fds, environ, argv)
     status = run_main(argv)
@@ -317,7 +243,7 @@ def receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str, list[i
         if not chunk:
             raise ValueError("truncated request")
         payload += chunk
-    argv, environ, cwd = decode(payload)
+    argv, environ, cwd = launch.decode(payload)
     return argv, environ, cwd, fds
 
 

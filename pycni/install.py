@@ -51,7 +51,9 @@ def install(source_bin: str, target_bin: str) -> str:
         tmp = os.path.join(target_bin, f".{plugin_type}.{os.getpid()}.new")
         if os.path.lexists(tmp):
             os.unlink(tmp)
-        os.symlink(os.path.join(name, "pycni"), tmp)
+        # the same program in the bundle as the source link: the launcher (`cni`)
+        program = os.path.basename(os.readlink(os.path.join(source_bin, plugin_type)))
+        os.symlink(os.path.join(name, program), tmp)
         os.replace(tmp, link)
     _prune(target_bin, keep={name, *(in_use or {_previous(target_bin, name)})})
     return final

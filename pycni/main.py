@@ -22,17 +22,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_plugin(plugin_type: str) -> None:
-    """Run as the plugin `plugin_type`. VERSION is answered without loading the plugin."""
-    if os.environ.get("CNI_COMMAND") == "VERSION":
-        from pycni import spec
+    """Run as the plugin `plugin_type`: VERSION answered without loading the plugin, the
+    run handed to `pycni daemon` when one listens, else the plugin loaded and run here."""
+    from pycni import launch
 
-        sys.stdout.write(spec.version_json(registry.versions(plugin_type)))
-        sys.exit(0)
-    from pycni import daemon
-
-    status = daemon.forward(sys.argv)
-    if status is not None:  # the resident server ran it
-        os._exit(status)
+    launch.fast_path(plugin_type, sys.argv)
     from pycni import skel
 
     skel.main(registry.load(plugin_type))

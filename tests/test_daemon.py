@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from pycni import daemon
+from pycni import launch
 from tests.conftest import PYCNI, Netns, NetnsFactory, cni_env, run_exec
 
 pytestmark = pytest.mark.kernel
@@ -75,16 +75,16 @@ def node(host_ns: Netns) -> Netns:
 
 def run(server: Server | None, plugin_type: str, env: dict[str, str], conf: Any, ns: Netns,
         prefix: list[str] | None = None) -> Any:
-    env = {**env, daemon.SOCKET_ENV: server.socket if server else ""}
+    env = {**env, launch.SOCKET_ENV: server.socket if server else ""}
     return run_exec([*(prefix or []), *PYCNI, plugin_type], env, conf, in_ns=ns)
 
 
 def test_encoding_round_trip() -> None:
     environ = {b"CNI_COMMAND": b"ADD", b"CNI_ARGS": b"IgnoreUnknown=1;K8S_POD_NAME=a=b",
                b"EMPTY": b""}
-    payload = daemon.encode(["/opt/cni/bin/macvlan", "x y"], environ, b"/var/lib")
+    payload = launch.encode(["/opt/cni/bin/macvlan", "x y"], environ, b"/var/lib")
 
-    argv, decoded, cwd = daemon.decode(payload)
+    argv, decoded, cwd = launch.decode(payload)
 
     assert argv == ["/opt/cni/bin/macvlan", "x y"]
     assert decoded == {"CNI_COMMAND": "ADD", "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=a=b",
@@ -169,7 +169,7 @@ def test_without_a_server_the_program_runs_the_plugin_itself(node: Netns, pod_ns
     conf = {"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}
     for path in (str(stale), str(tmp_path / "absent.sock")):
         env = {**cni_env("ADD", pod_ns.path, ifname="lo", path=str(cni_bin)),
-               daemon.SOCKET_ENV: path}
+               launch.SOCKET_ENV: path}
         done = run_exec([*PYCNI, "loopback"], env, conf, in_ns=node)
         assert done.ok()["interfaces"][0]["name"] == "lo"
 
@@ -195,7 +195,7 @@ def test_concurrent_calls(server: Server, node: Netns, netns_factory: NetnsFacto
     pods = [netns_factory(f"pod{i}") for i in range(8)]
     conf = json.dumps(macvlan_conf(tmp_path / "ipam")).encode()
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           daemon.SOCKET_ENV: server.socket}
+           launch.SOCKET_ENV: server.socket}
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
 
@@ -236,7 +236,7 @@ def test_a_killed_caller_kills_its_run(server: Server, node: Netns, pod_ns: Netn
     slow.chmod(0o755)
     conf = {**macvlan_conf(tmp_path / "ipam"), "ipam": {"type": "slow-ipam"}}
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           daemon.SOCKET_ENV: server.socket,
+           launch.SOCKET_ENV: server.socket,
            **cni_env("ADD", pod_ns.path, ifname="net1", path=str(bin_dir))}
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]

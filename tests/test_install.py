@@ -20,13 +20,14 @@ def make_dist(root: Path, flavour: str) -> Path:
     dist = root / "dist" / "bin"
     bundle = dist / "pycni.bundle"
     (bundle / "_internal").mkdir(parents=True, exist_ok=True)
-    exe = bundle / "pycni"
-    exe.write_text(f"#!/bin/sh\necho {flavour} \"$(basename \"$0\")\"\n")
-    exe.chmod(0o755)
+    for program in ("pycni", "cni"):  # the full program and the launcher the links point to
+        exe = bundle / program
+        exe.write_text(f"#!/bin/sh\necho {flavour} \"$(basename \"$0\")\"\n")
+        exe.chmod(0o755)
     (bundle / "_internal" / "x").write_text(f"library {flavour}\n")
     for plugin_type in TYPES:
         if not (dist / plugin_type).is_symlink():
-            (dist / plugin_type).symlink_to("pycni.bundle/pycni")
+            (dist / plugin_type).symlink_to("pycni.bundle/cni")
     return dist
 
 
@@ -43,7 +44,7 @@ def assert_links_point_to(target: Path, name: str, flavour: str) -> None:
     for plugin_type in TYPES:
         link = target / plugin_type
         assert link.is_symlink(), f"{link} is not a symlink"
-        assert os.readlink(link) == f"{name}/pycni"  # relative: the tree can move
+        assert os.readlink(link) == f"{name}/cni"  # relative: the tree can move
         run = subprocess.run([str(link)], capture_output=True, text=True, check=True)
         assert run.stdout == f"{flavour} {plugin_type}\n"
 
@@ -153,7 +154,7 @@ def test_leftover_temporary_link_is_replaced(tmp_path: Path) -> None:
 def test_missing_bundle_exits_with_a_message(tmp_path: Path) -> None:
     source = tmp_path / "dist" / "bin"
     source.mkdir(parents=True)
-    (source / "loopback").symlink_to("pycni.bundle/pycni")
+    (source / "loopback").symlink_to("pycni.bundle/cni")
     target = tmp_path / "dest"
     with pytest.raises(SystemExit) as info:
         install.install(str(source), str(target))
