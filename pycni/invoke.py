@@ -39,15 +39,25 @@ class Executor:
 
     def run(self, path: str, stdin_data: bytes, environ: Mapping[str, str]) -> tuple[int, bytes]:
         """Exit status and stdout of the plugin at `path`."""
-        own = _own_executable()
-        if own and os.path.realpath(path) == own:
+        if is_own(path):
             return _run_in_process(os.path.basename(path), stdin_data, environ)
         return _exec(path, stdin_data, environ)
 
 
-def _own_executable() -> str | None:
-    """The bundle's executable when frozen (where in-process delegation is possible)."""
-    return os.path.realpath(sys.executable) if getattr(sys, "frozen", False) else None
+def is_own(path: str) -> bool:
+    """Whether `path` is (a link to) this very program, which can run the type in-process."""
+    return os.path.realpath(path) in _own_programs()
+
+
+def _own_programs() -> tuple[str, ...]:
+    """The bundle's executables when frozen (where in-process delegation is possible): this
+    program and the launcher beside it, which the `<type>` links point to."""
+    if not getattr(sys, "frozen", False):
+        return ()
+    from pycni import launch
+
+    program = os.path.realpath(sys.executable)
+    return program, os.path.join(os.path.dirname(program), launch.LAUNCHER)
 
 
 def _run_in_process(name: str, stdin_data: bytes, environ: Mapping[str, str]) -> tuple[int, bytes]:

@@ -299,12 +299,16 @@ def own_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stand-in for the frozen executable; exec'ing it would fail loudly."""
     own = tmp_path / "bundle" / "pycni"
     own.parent.mkdir()
-    own.write_text("#!/bin/sh\necho '{\"code\": 999, \"msg\": \"exec happened\"}'\nexit 1\n")
-    own.chmod(0o755)
+    launcher = own.parent / "cni"  # what the links point to
+    for program in (own, launcher):
+        program.write_text("#!/bin/sh\necho '{\"code\": 999, \"msg\": \"exec happened\"}'\n"
+                           "exit 1\n")
+        program.chmod(0o755)
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "loopback").symlink_to(own)
-    monkeypatch.setattr(invoke, "_own_executable", lambda: os.path.realpath(own))
+    (bindir / "loopback").symlink_to(launcher)
+    monkeypatch.setattr(invoke, "_own_programs",
+                        lambda: (os.path.realpath(own), os.path.realpath(launcher)))
     return own
 
 
@@ -387,6 +391,7 @@ def test_other_programs_are_still_execd_when_frozen(own_bundle: Path, tmp_path: 
 
 def test_not_frozen_means_no_own_executable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(sys, "frozen", raising=False)
-    assert invoke._own_executable() is None
+    assert invoke._own_programs() == ()
     monkeypatch.setattr(sys, "frozen", True, raising=False)
-    assert invoke._own_executable() == os.path.realpath(sys.executable)
+    program = os.path.realpath(sys.executable)
+    assert invoke._own_programs() == (program, os.path.join(os.path.dirname(program), "cni"))

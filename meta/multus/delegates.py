@@ -107,10 +107,7 @@ def supported_versions(plugin_type: str, version: str, environ: Mapping[str, str
     binary = executor.find(plugin_type, path)
     if binary in _SUPPORTED:
         return _SUPPORTED[binary]
-    own = invoke._own_executable()
-    import os
-
-    if own and os.path.realpath(binary) == own:
+    if invoke.is_own(binary):
         from pycni import registry
 
         found = registry.versions(plugin_type)

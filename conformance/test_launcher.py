@@ -1,0 +1,144 @@
+"""The frozen bundle's two programs: which processes a plugin start really costs.
+
+`/opt/cni/bin/<type>` links to the launcher (`cni`): VERSION is answered there; with a
+`pycni daemon` listening, the launcher is the only program exec'd; without one, it execs the
+full program (`pycni`), which runs its own delegates (host-local under bridge) in-process. Every
+`execve` is counted with strace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conformance.bridgelib import BRIDGE, IPV4_RANGES
+from conformance.conftest import DIST_BIN
+from pycni import launch
+from tests.conftest import Netns, NetnsFactory, cni_env
+
+pytestmark = [pytest.mark.conformance, pytest.mark.kernel]
+
+BUNDLE = DIST_BIN / "pycni.bundle"
+
+
+@pytest.fixture(autouse=True)
+def strace() -> None:
+    if not shutil.which("strace"):
+        pytest.fail("strace is missing (apt-get install strace): it counts the exec'd programs")
+
+
+def traced(argv: list[str], env: dict[str, str], stdin: bytes, ns: Netns | None,
+           trace: Path) -> subprocess.CompletedProcess[bytes]:
+    """`argv` under strace (execve only, children followed), inside `ns` when given."""
+    full = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **env}
+    prefix = ["ip", "netns", "exec", ns.name] if ns else []
+    return subprocess.run([*prefix, "strace", "-f", "-qq", "-e", "trace=execve", "-e",
+                           "signal=none", "-o", str(trace), *argv], input=stdin, env=full,
+                          capture_output=True, timeout=120)
+
+
+def programs(trace: Path) -> list[str]:
+    """The bundle's programs started, in order (by file name: cni, pycni). PyInstaller's
+    bootloader execs itself once more to set the library path: one start, two execve."""
+    found: list[str] = []
+    last: dict[str, str] = {}  # pid -> the program it last exec'd
+    for line in trace.read_text().splitlines():
+        if "execve(" in line and "= 0" in line:
+            pid = line.split()[0]
+            path = os.path.realpath(line.split('execve("', 1)[1].split('"', 1)[0])
+            if path.startswith(str(BUNDLE.resolve())) and last.get(pid) != path:
+                found.append(os.path.basename(path))
+            last[pid] = path
+    return found
+
+
+def bridge_conf(data_dir: Path) -> bytes:
+    return json.dumps({"cniVersion": "1.0.0", "name": "podnet", "type": "bridge",
+                       "bridge": BRIDGE, "isGateway": True,
+                       "ipam": {"type": "host-local", "ranges": IPV4_RANGES,
+                                "dataDir": str(data_dir)}}).encode()
+
+
+@pytest.fixture
+def server(built: None, netns_factory: NetnsFactory, scratch_dir: Path) -> Iterator[Path]:
+    """The frozen `pycni daemon`, in a namespace of its own."""
+    where = netns_factory("daemon")
+    socket = scratch_dir / "daemon.sock"
+    process = subprocess.Popen(["ip", "netns", "exec", where.name, str(BUNDLE / "pycni"),
+                                "daemon", "--socket", str(socket)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not socket.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no daemon"
+            time.sleep(0.05)
+        yield socket
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def test_links_point_to_the_launcher(built: None) -> None:
+    for name in ("bridge", "host-local", "macvlan", "loopback"):
+        assert os.readlink(DIST_BIN / name) == f"pycni.bundle/{launch.LAUNCHER}"
+    assert os.access(BUNDLE / launch.PROGRAM, os.X_OK)
+
+
+def test_version_execs_the_launcher_only(built: None, scratch_dir: Path) -> None:
+    trace = scratch_dir / "trace"
+
+    done = traced([str(DIST_BIN / "macvlan")], {"CNI_COMMAND": "VERSION",
+                                                launch.SOCKET_ENV: ""}, b"{}", None, trace)
+
+    assert done.returncode == 0, done.stdout
+    assert "1.1.0" in json.loads(done.stdout)["supportedVersions"]
+    assert programs(trace) == ["cni"]
+
+
+def test_cold_add_runs_host_local_in_process(built: None, host_ns: Netns, pod_ns: Netns,
+                                             scratch_dir: Path) -> None:
+    trace = scratch_dir / "trace"
+    env = {**cni_env("ADD", pod_ns.path, path=str(DIST_BIN)), launch.SOCKET_ENV: ""}
+
+    done = traced([str(DIST_BIN / "bridge")], env, bridge_conf(scratch_dir / "ipam"), host_ns,
+                  trace)
+
+    assert done.returncode == 0, done.stdout
+    assert json.loads(done.stdout)["ips"][0]["address"] == "10.22.0.2/24"
+    assert programs(trace) == ["cni", "pycni"]  # the launcher, then the full program: no more
+    assert "10.22.0.2/24" in pod_ns.run("ip", "-4", "addr", "show", "eth0").stdout
+
+
+def test_with_the_daemon_only_the_launcher_is_execd(server: Path, host_ns: Netns,
+                                                   pod_ns: Netns, scratch_dir: Path) -> None:
+    trace = scratch_dir / "trace"
+    env = {**cni_env("ADD", pod_ns.path, path=str(DIST_BIN)), launch.SOCKET_ENV: str(server)}
+
+    done = traced([str(DIST_BIN / "bridge")], env, bridge_conf(scratch_dir / "ipam"), host_ns,
+                  trace)
+
+    assert done.returncode == 0, done.stdout
+    assert json.loads(done.stdout)["ips"][0]["address"] == "10.22.0.2/24"
+    assert programs(trace) == ["cni"]
+    assert host_ns.link(BRIDGE)
+    assert "10.22.0.2/24" in pod_ns.run("ip", "-4", "addr", "show", "eth0").stdout
+    deleted = traced([str(DIST_BIN / "bridge")], {**env, "CNI_COMMAND": "DEL"},
+                     bridge_conf(scratch_dir / "ipam"), host_ns, trace)
+    assert deleted.returncode == 0, deleted.stdout
+    assert not (scratch_dir / "ipam" / "podnet" / "10.22.0.2").exists()
+
+
+def test_launcher_by_its_own_name_is_the_admin_command(built: None) -> None:
+    done = subprocess.run([str(BUNDLE / launch.LAUNCHER), "version"], capture_output=True,
+                          text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("pycni ")
