@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-CNITOOL = REPO / "dist" / "cnitool"
+# PYCNI_CNITOOL: another cnitool build to drive (e.g. one being tried out).
+CNITOOL = Path(os.environ.get("PYCNI_CNITOOL") or REPO / "dist" / "cnitool")
 IMPLEMENTATIONS = {"ours": REPO / "dist" / "bin", "reference": Path("/usr/lib/cni")}
+# "<implementation>+daemon": the same programs with `pycni daemon` serving them on the node.
+DAEMON = "+daemon"
 BATCHES = 4
 SMOKE_ROUNDS = 3
 
@@ -134,6 +138,19 @@ class Sandbox:
         self.host = f"pycni-bench-host-{self.tag}"
         self.created: list[str] = []
         self.dir = Path()
+        # The largest resident set (KiB) of any plugin process its `bench` runs ran; None
+        # until one ran, or with a cnitool that does not report it.
+        self.peak_rss_kb: int | None = None
+        self.server: subprocess.Popen[bytes] | None = None
+        self.server_rss_kb: int | None = None  # the daemon's resident set when it stopped
+
+    @property
+    def cni_path(self) -> Path:
+        return IMPLEMENTATIONS[self.implementation.removesuffix(DAEMON)]
+
+    @property
+    def server_socket(self) -> Path:
+        return self.dir / "daemon.sock"
 
     def __enter__(self) -> Sandbox:
         self.dir = Path(tempfile.mkdtemp(prefix=f"pycni-bench-{self.implementation}-"))
@@ -145,12 +162,46 @@ class Sandbox:
             self.network = str(conflist["name"])
             (self.dir / "net.d").mkdir()
             (self.dir / "net.d" / "10-net.conflist").write_text(json.dumps(conflist))
+            if self.implementation.endswith(DAEMON):
+                self.start_server()
         except BaseException:
             self.__exit__()
             raise
         return self
 
+    def start_server(self) -> None:
+        """`pycni daemon` in the node's namespace, listening on a socket in the scratch dir."""
+        log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115 - closed with the sandbox
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.host, str(self.cni_path / "pycni.bundle" / "pycni"),
+             "daemon", "--socket", str(self.server_socket)], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 60
+        while not self.server_socket.exists():
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise RunFailed(f"pycni daemon did not start: "
+                                f"{(self.dir / 'daemon.log').read_text()[-500:]}")
+            time.sleep(0.05)
+
+    def stop_server(self) -> None:
+        if self.server is None:
+            return
+        try:
+            with open(f"/proc/{self.server.pid}/status") as status:
+                self.server_rss_kb = next(int(line.split()[1]) for line in status
+                                          if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError):
+            pass
+        self.server.terminate()
+        try:
+            self.server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
+        self.server = None
+
     def __exit__(self, *exc: object) -> None:
+        self.stop_server()
         for name in reversed(self.created):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self.created.clear()
@@ -164,31 +215,44 @@ class Sandbox:
     def pod(self, role: str) -> str:
         return self.netns(f"pycni-bench-{role}-{self.tag}")
 
-    def cnitool(self, *args: str, container_id: str) -> str:
-        env = {
+    def environment(self, container_id: str) -> dict[str, str]:
+        """cnitool's environment for this node and one container."""
+        return {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "NETCONFPATH": str(self.dir / "net.d"),
-            "CNI_PATH": str(IMPLEMENTATIONS[self.implementation]),
+            "CNI_PATH": str(self.cni_path),
             "CNI_CACHE_DIR": str(self.dir / "cache"),
             "CNI_IFNAME": self.ifname,
             "CNI_CONTAINERID": container_id,
+            # the daemon's socket, or none: a daemon running on this machine is not used
+            "PYCNI_DAEMON_SOCKET": str(self.server_socket) if self.server else "",
         }
-        command = ["ip", "netns", "exec", self.host, str(CNITOOL), *args]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+
+    def command(self, *args: str) -> list[str]:
+        """`cnitool <args>` run inside the node's namespace."""
+        return ["ip", "netns", "exec", self.host, str(CNITOOL), *args]
+
+    def cnitool(self, *args: str, container_id: str) -> str:
+        done = subprocess.run(self.command(*args), env=self.environment(container_id),
+                              capture_output=True, text=True, timeout=3600)
         if done.returncode != 0:
             raise RunFailed(f"{self.implementation}: cnitool {args[0]} exited "
                             f"{done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout
 
     def bench(self, pod: str, rounds: int, ops: tuple[str, ...]) -> dict[str, list[float]]:
-        """One `cnitool bench` run (ADD, CHECK, DEL and VERSION timed inside libcni)."""
+        """One `cnitool bench` run (ADD, CHECK, DEL and VERSION timed inside libcni); the
+        plugins' peak RSS it reports is kept in `peak_rss_kb`."""
         stdout = self.cnitool("bench", self.network, f"/var/run/netns/{pod}", str(rounds),
-                              container_id=f"bench-{self.implementation}")
+                              container_id=f"bench-{self.implementation.replace('+', '-')}")
         try:
-            samples: dict[str, list[float]] = json.loads(stdout)
+            samples: dict[str, Any] = json.loads(stdout)
         except ValueError as exc:
             raise RunFailed(f"{self.implementation}: cnitool bench printed no JSON: "
                             f"{stdout!r}") from exc
+        rss = samples.get("maxrss_kb")
+        if isinstance(rss, int) and rss > 0:
+            self.peak_rss_kb = max(rss, self.peak_rss_kb or 0)
         return {op: samples[op] for op in ops}
 
 

@@ -138,3 +138,69 @@ def test_bench_multus_smoke(built: None, scratch_dir: Path) -> None:
     assert set(report["ratio_p50"]) == set(report["targets"]) == {"add", "del"}
     assert all(target["max_ratio_p50"] == 1.3 for target in report["targets"].values())
     assert list(out.glob("multus-2*.json")), "no timestamped result file"
+
+
+def test_bench_pods_smoke(built: None, scratch_dir: Path) -> None:
+    out = scratch_dir / "results"
+
+    done = subprocess.run([sys.executable, "-m", "conformance.bench_pods", "--smoke", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+
+    assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("network"))
+    assert header.split()[:6] == ["network", "op", "cold", "p50", "daemon", "p50"]
+    networks = ("bridge+host-local", "macvlan+host-local", "host-device+static", "loopback",
+                "seed business-network", "seed bridge-network", "seed management-network")
+    for network in networks:
+        assert any(line.startswith(network + " ") for line in lines), f"no {network} row"
+    for op in ("CHECK", "DEL", "VERSION", "RSS"):
+        assert any(line.split()[:1] == [op] for line in lines), f"no {op} line:\n{done.stdout}"
+    assert "seeds not benchmarked:" in lines
+    assert any(line.strip().startswith("10-flannel.conflist:") for line in lines)
+    report = json.loads((out / "pods-latest.json").read_text())
+    assert report["rounds"] == 3
+    assert set(report["rows"]) == set(networks)
+    for network, row in report["rows"].items():
+        assert "error" not in row, (network, row.get("error"))
+        for side in ("ours", "ours+daemon", "reference"):
+            for op in row["ops"]:
+                assert len(row["samples"][side][op]) == 3, (network, side, op)
+                assert row["stats"][side][op]["p50"] > 0, (network, side, op)
+            assert row["peak_rss_kb"][side] > 0, (network, side)
+        assert set(row["ratio_p50"]) == set(row["with_daemon"]["ratio_p50"]) == set(row["ops"])
+        assert row["daemon_rss_kb"] > 0
+    assert report["rows"]["bridge+host-local"]["ops"] == ["add", "check", "del", "version"]
+    assert set(report["rows"]["bridge+host-local"]["targets"]) == {"add", "check", "del",
+                                                                    "version"}
+    assert "check" not in report["rows"]["seed business-network"]["ops"]  # cniVersion 0.3.1
+    assert {"ours", "ours+daemon"} <= set(report["rows"]["loopback"]["rss_target"])
+    assert {"10-flannel.conflist", "multus-conf.json", "nad-storage-network.sriov.json",
+            "nad-vlan-network.vlan.json"} <= set(report["skipped_seeds"])
+    assert list(out.glob("pods-2*.json")), "no timestamped result file"
+
+
+def test_bench_concurrent_smoke(built: None, scratch_dir: Path) -> None:
+    out = scratch_dir / "results"
+
+    done = subprocess.run([sys.executable, "-m", "conformance.bench_concurrent", "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+
+    assert done.returncode == 0, f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("side"))
+    assert header.split()[:3] == ["side", "ADD", "p50"]
+    for side in ("ours", "reference", "ratio"):
+        assert any(line.split()[:1] == [side] for line in lines), f"no {side} row"
+    report = json.loads((out / "concurrent-latest.json").read_text())
+    assert report["pods"] == 8 and report["rounds"] == 1
+    for side in ("ours", "reference"):
+        summary = report["sides"][side]
+        assert summary["add"]["n"] == summary["del"]["n"] == 8, side
+        assert summary["add"]["p50"] > 0 and summary["add"]["p99"] > 0, side
+        (cycle,) = report["cycles"][side]
+        assert cycle["nat_rules_after_add"] >= 8 and cycle["ipam_files_after_add"] >= 8, side
+    assert report["sides"]["ours"]["problems"] == 0
+    assert report["sides"]["ours"]["failures"] == []
+    assert list(out.glob("concurrent-2*.json")), "no timestamped result file"

@@ -8,7 +8,8 @@
 //	cnitool add|check|del <net> <netns>
 //	cnitool version <type>                 (extra) plugin VERSION info as JSON
 //	cnitool bench <net> <netns> <count>    (extra) timing of ADD/CHECK/DEL/VERSION
-//	                                       (CHECK only for cniVersion >= 0.4.0)
+//	                                       (CHECK only for cniVersion >= 0.4.0), and the
+//	                                       peak RSS of the plugin processes ("maxrss_kb")
 //
 // Environment:
 //
@@ -63,6 +64,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -407,8 +409,11 @@ func bench(ctx context.Context, cninet *libcni.CNIConfig, list *libcni.NetworkCo
 		Check   []float64 `json:"check"`
 		Del     []float64 `json:"del"`
 		Version []float64 `json:"version"`
+		// The largest resident set of any plugin process run (KiB): cnitool's waited-for
+		// children, and through them their own (e.g. a delegated IPAM plugin).
+		MaxRSSKB int64 `json:"maxrss_kb"`
 	}{make([]float64, 0, count), make([]float64, 0, count), make([]float64, 0, count),
-		make([]float64, 0, count)}
+		make([]float64, 0, count), 0}
 
 	// Each round is ADD, CHECK (where the list's version has it), DEL: CHECK reads the
 	// result libcni cached at ADD, as a runtime's periodic CHECK would.
@@ -446,6 +451,12 @@ func bench(ctx context.Context, cninet *libcni.CNIConfig, list *libcni.NetworkCo
 		}
 		out.Version = append(out.Version, ms(time.Since(t)))
 	}
+
+	var rusage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_CHILDREN, &rusage); err != nil {
+		return fmt.Errorf("bench getrusage: %w", err)
+	}
+	out.MaxRSSKB = rusage.Maxrss // Linux: KiB
 
 	b, err := json.Marshal(out)
 	if err != nil {
