@@ -67,6 +67,8 @@ bench: build cnitool
 	$(PYTHON) -m conformance.bench_macvlan --rounds 100
 	$(PYTHON) -m conformance.bench_multus --rounds 50
 	$(PYTHON) -m conformance.bench_flannel --peers 1000,10000
+	$(PYTHON) -m conformance.bench_pods --rounds 50
+	$(PYTHON) -m conformance.bench_concurrent --pods 50 --rounds 3
 
 stress: build cnitool
 	@echo "no stress suite yet"; exit 1

@@ -191,16 +191,17 @@ def test_bench_concurrent_smoke(built: None, scratch_dir: Path) -> None:
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("side"))
     assert header.split()[:3] == ["side", "ADD", "p50"]
-    for side in ("ours", "reference", "ratio"):
+    for side in ("ours", "ours+daemon", "reference", "ours/ref", "ours+daemon/ref"):
         assert any(line.split()[:1] == [side] for line in lines), f"no {side} row"
     report = json.loads((out / "concurrent-latest.json").read_text())
     assert report["pods"] == 8 and report["rounds"] == 1
-    for side in ("ours", "reference"):
+    for side in ("ours", "ours+daemon", "reference"):
         summary = report["sides"][side]
         assert summary["add"]["n"] == summary["del"]["n"] == 8, side
         assert summary["add"]["p50"] > 0 and summary["add"]["p99"] > 0, side
         (cycle,) = report["cycles"][side]
         assert cycle["nat_rules_after_add"] >= 8 and cycle["ipam_files_after_add"] >= 8, side
-    assert report["sides"]["ours"]["problems"] == 0
-    assert report["sides"]["ours"]["failures"] == []
+    for side in ("ours", "ours+daemon"):
+        assert report["sides"][side]["problems"] == 0
+        assert report["sides"][side]["failures"] == []
     assert list(out.glob("concurrent-2*.json")), "no timestamped result file"

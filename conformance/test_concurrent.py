@@ -1,7 +1,10 @@
 """50 pods ADDed at once and DELed at once on one node (bridge + host-local through libcni,
-ours only): no failure, no duplicate address, every pod holds its address, nothing left behind.
+ours served by `pycni daemon`: 50 forked runs at once): no failure, no duplicate address, every
+pod holds its address, nothing left behind.
 
-The scenario and its checks are conformance.bench_concurrent's; no timing is asserted.
+The scenario and its checks are conformance.bench_concurrent's; no timing is asserted. The
+same cycle exec'd cold (no daemon) runs in `make bench` (bench_concurrent), beside the
+reference's: the plugins' work is the same, only the process start differs.
 """
 
 from __future__ import annotations
@@ -9,14 +12,14 @@ from __future__ import annotations
 import pytest
 
 from conformance.bench_concurrent import PODS, conflist, cycle
-from conformance.benchlib import Sandbox
+from conformance.benchlib import DAEMON, Sandbox
 from tests.conftest import needs_root
 
 pytestmark = [pytest.mark.conformance, pytest.mark.kernel, needs_root]
 
 
 def test_concurrent_pods_add_and_del(built: None) -> None:
-    with Sandbox("ours", conflist) as node:
+    with Sandbox("ours" + DAEMON, conflist) as node:
         pods = [node.pod(f"c{index:02d}") for index in range(PODS)]
 
         result = cycle(node, pods)
