@@ -65,6 +65,10 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 LOCK_FILE = "/run/pycni/portmap.lock"
 MULTIPORT_MAX = 15  # ports one `-m multiport` match takes
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# A pod address with its prefix: the address is DNAT's target, the subnet the hairpin source
+# (the reference marks connections from the pod's whole subnet, so pods beside it reach it
+# through the node's port too).
+PodAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -133,12 +137,12 @@ def load_conf(args: CmdArgs) -> PortMapConf:
     return conf
 
 
-def pod_addresses(result: Result, ifname: str) -> list[Address]:
+def pod_addresses(result: Result, ifname: str) -> list[PodAddress]:
     """The first address of each family on the pod's interface, as the reference picks them:
     IPs whose interface index names `ifname` in a sandbox, or that carry no index."""
-    found: dict[int, Address] = {}
+    found: dict[int, PodAddress] = {}
     for ip in result.ips:
-        address = ipaddress.ip_interface(ip.address).ip
+        address = ipaddress.ip_interface(ip.address)
         if address.version in found:
             continue
         if ip.interface is not None and 0 <= ip.interface < len(result.interfaces):
@@ -188,7 +192,7 @@ def dnat_comment(network: str, container_id: str) -> str:
     return f'dnat name: "{network}" id: "{container_id}"'[:256]
 
 
-def _family(address: Address) -> str:
+def _family(address: Address | PodAddress) -> str:
     return str(address.version)
 
 
@@ -207,7 +211,7 @@ def toplevel_rules(conf: PortMapConf) -> list[tuple[str, ...]]:
 
 
 def container_rules(conf: PortMapConf, container_id: str,
-                    address: Address,
+                    address: PodAddress,
                     ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     """The container's rules in its own chain, and the jumps to it from CNI-HOSTPORT-DNAT."""
     chain, mappings = dnat_chain(conf, container_id), mappings_for(conf, address.version)
@@ -222,7 +226,7 @@ def container_rules(conf: PortMapConf, container_id: str,
                           "-p", protocol, "--destination-ports", group, *conditions,
                           "-j", chain))
     rules: list[tuple[str, ...]] = []
-    pod = f"{address}/{address.max_prefixlen}"
+    subnet = str(address.network)
     for mapping in mappings:
         base: tuple[str, ...] = (chain, "-p", mapping.protocol, "--dport",
                                  str(mapping.host_port))
@@ -233,16 +237,16 @@ def container_rules(conf: PortMapConf, container_id: str,
             if conf.masq_all:
                 rules.append((*base, "-j", conf.set_mark_chain))
             else:
-                rules.append((*base, "-s", pod, "-j", conf.set_mark_chain))  # hairpin
+                rules.append((*base, "-s", subnet, "-j", conf.set_mark_chain))  # hairpin
                 if address.version == 4:
                     rules.append((*base, "-s", "127.0.0.1", "-j", conf.set_mark_chain))
         rules.append((*base, "-j", "DNAT", "--to-destination",
-                      _to(address, mapping.container_port)))
+                      _to(address.ip, mapping.container_port)))
     return rules, jumps
 
 
 def iptables_add(conf: PortMapConf, container_id: str,
-                 address: Address) -> None:
+                 address: PodAddress) -> None:
     family = _family(address)
     with node_lock():
         shared = [DNAT_CHAIN] + ([SETMARK_CHAIN, MASQ_CHAIN]
@@ -275,7 +279,7 @@ def _iptables_remove(family: str, chain: str) -> None:
 
 
 def iptables_check(conf: PortMapConf, container_id: str,
-                   address: Address) -> None:
+                   address: PodAddress) -> None:
     family = _family(address)
     rules, jumps = container_rules(conf, container_id, address)
     for rule in (*toplevel_rules(conf), *rules, *jumps):
@@ -303,7 +307,7 @@ def nft_comment(network: str, container_id: str, ifname: str) -> str:
     return f"pycni-portmap {network} {container_id} {ifname}"
 
 
-def nft_rules(conf: PortMapConf, address: Address,
+def nft_rules(conf: PortMapConf, address: PodAddress,
               comment: str) -> list[tuple[str, str]]:
     """(chain, rule text) for a pod address: DNAT in prerouting and output, masquerade of
     hairpin, localhost (IPv4) or all (masqAll) forwarded connections in postrouting."""
@@ -315,14 +319,14 @@ def nft_rules(conf: PortMapConf, address: Address,
         match = (f"meta nfproto {nfproto} fib daddr type local "
                  + (f"{ip} daddr {destination} " if destination else "")
                  + f"{mapping.protocol} dport {mapping.host_port}")
-        dnat = f"{match} dnat {ip} to {_to(address, mapping.container_port)}"
+        dnat = f"{match} dnat {ip} to {_to(address.ip, mapping.container_port)}"
         found += [("prerouting", dnat), ("output", dnat)]
         if conf.snat:
-            forwarded = (f"{ip} daddr {address} {mapping.protocol} dport "
+            forwarded = (f"{ip} daddr {address.ip} {mapping.protocol} dport "
                          f"{mapping.container_port} ct status dnat "
                          f"ct original proto-dst {mapping.host_port}")
             sources = [""] if conf.masq_all else (
-                [f"{ip} saddr {address} "]
+                [f"{ip} saddr {address.network} "]
                 + ([f"{ip} saddr 127.0.0.1 "] if address.version == 4 else []))
             found += [("postrouting", f"{source}{forwarded} masquerade")
                       for source in sources]
@@ -330,7 +334,7 @@ def nft_rules(conf: PortMapConf, address: Address,
 
 
 def nft_add(conf: PortMapConf, container_id: str, ifname: str,
-            addresses: list[Address]) -> None:
+            addresses: list[PodAddress]) -> None:
     comment = nft_comment(conf.name, container_id, ifname)
     nft_del(comment)  # a repeated ADD replaces the attachment's rules
     script = f"add table inet {NFT_TABLE}\n" + "".join(
@@ -350,7 +354,7 @@ def nft_del(comment: str) -> None:
 
 
 def nft_check(conf: PortMapConf, container_id: str, ifname: str,
-              addresses: list[Address]) -> None:
+              addresses: list[PodAddress]) -> None:
     comment = nft_comment(conf.name, container_id, ifname)
     for chain in NFT_CHAINS:
         expected = sum(1 for address in addresses
@@ -409,8 +413,8 @@ def cmd_add(args: CmdArgs) -> Result:
                 iptables_add(conf, args.container_id, address)
         if conf.snat:
             for address in addresses:
-                if isinstance(address, ipaddress.IPv4Address):
-                    enable_localnet_routing(address)
+                if isinstance(address, ipaddress.IPv4Interface):
+                    enable_localnet_routing(address.ip)
         flush_udp_conntrack(conf)
         undo.pop_all()
     return prev

@@ -72,8 +72,13 @@ class Link:
 
 
 def find(ipr: IPRoute, name: str) -> Link | None:
-    found = ipr.link_lookup(ifname=name)
-    return Link(ipr.get_links(found[0])[0]) if found else None
+    """The link named `name` (one RTM_GETLINK by name), None when there is none."""
+    try:
+        return Link(ipr.link("get", ifname=name)[0])
+    except Exception as exc:  # NetlinkError
+        if is_error(exc, errno.ENODEV):
+            return None
+        raise
 
 
 def get(ipr: IPRoute, index: int) -> Link:
@@ -119,7 +124,7 @@ def random_name(prefix: str = "veth") -> str:
 def create_veth(host: IPRoute, pod_path: str, pod_name: str, mtu: int = 0, mac: str = "",
                 host_name: str = "") -> tuple[Link, str]:
     """A veth pair: `pod_name` inside the namespace at `pod_path`, a `veth<8 hex>` end in
-    `host`'s namespace. Returns the host end and the pod end's MAC."""
+    `host`'s namespace (the calling thread's). Returns the host end and the pod end's MAC."""
     for _ in range(8):
         name = host_name or random_name()
         peer: dict[str, Any] = {"ifname": pod_name, "net_ns_fd": pod_path}
@@ -140,6 +145,11 @@ def create_veth(host: IPRoute, pod_path: str, pod_name: str, mtu: int = 0, mac: 
         raise CNIError("failed to find a free name for the host end of the veth pair")
     host_link = find(host, name)
     assert host_link is not None
+    # The node's end is a bridge port: it must not configure itself from router
+    # advertisements (the reference sets the same). `host` is this thread's namespace.
+    from pycni import sysctl
+
+    sysctl.write_quietly(f"net/ipv6/conf/{name}/accept_ra", "0")
     with socket(pod_path) as pod:
         pod_link = find(pod, pod_name)
         assert pod_link is not None
