@@ -8,7 +8,7 @@ cheapest (no ctypes, no large module table to read).
 
 The client half of the server protocol lives here too: one request per connection, the
 caller's fds 0, 1 and 2 passed with SCM_RIGHTS beside a length-prefixed payload (see
-`encode`), answered by a 4-byte exit status. It imports only `_socket` and `array`.
+`encode`), answered by a 4-byte exit status. It imports only `_socket`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import _socket
 
 PROGRAM = "pycni"  # the full program, in the same directory as this one
+LAUNCHER = "cni"  # this program's name in the bundle
 SOCKET_ENV = "PYCNI_DAEMON_SOCKET"
 DEFAULT_SOCKET = "/run/pycni/daemon.sock"
 # The server's answer when it will not run the request: the caller runs the plugin itself.
@@ -48,12 +49,10 @@ def forward(argv: list[str]) -> int | None:
             sock.connect(path)
         except OSError:
             return None  # no server (or a stale socket): run the plugin here
-        import array
-
         payload = encode(argv, os.environb, os.getcwdb())
-        fds = array.array("i", (0, 1, 2))
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))  # C ints
         sock.sendmsg([len(payload).to_bytes(4, "big") + payload],
-                     [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
+                     [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         answer = _recv_exactly(sock, 4)
     except OSError:
         answer = b""
