@@ -142,3 +142,29 @@ def test_launcher_by_its_own_name_is_the_admin_command(built: None) -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("pycni ")
+
+
+def test_execd_tools_get_the_callers_environment(built: None, host_ns: Netns, pod_ns: Netns,
+                                                 scratch_dir: Path) -> None:
+    """PyInstaller's bootloader points LD_LIBRARY_PATH into the bundle: iptables and the other
+    programs a plugin execs must not inherit that (nor the bootloader's _PYI_* variables)."""
+    trace = scratch_dir / "trace"
+    env = {**cni_env("ADD", pod_ns.path, path=str(DIST_BIN)), launch.SOCKET_ENV: "",
+           "LD_LIBRARY_PATH": "/caller/lib"}
+    conf = json.loads(bridge_conf(scratch_dir / "ipam"))
+
+    done = subprocess.run(
+        ["ip", "netns", "exec", host_ns.name, "strace", "-f", "-qq", "-v", "-s", "512", "-e",
+         "trace=execve", "-e", "signal=none", "-o", str(trace), str(DIST_BIN / "bridge")],
+        input=json.dumps({**conf, "ipMasq": True}).encode(),
+        env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **env},
+        capture_output=True, timeout=120)
+
+    assert done.returncode == 0, done.stdout
+    tools = [line for line in trace.read_text().splitlines()
+             if 'execve("/usr/sbin/iptables' in line or 'execve("/sbin/iptables' in line]
+    assert tools, "bridge with ipMasq ran no iptables"
+    for line in tools:
+        assert '"LD_LIBRARY_PATH=/caller/lib"' in line, line
+        environment = line.split("], [", 1)[1]
+        assert "_PYI_" not in environment and str(BUNDLE) not in environment, line

@@ -97,16 +97,16 @@ def decode(payload: bytes) -> tuple[list[str], dict[str, str], str]:
 
 def fast_path(plugin_type: str, argv: list[str]) -> None:
     """Finish this plugin start here when it can be: VERSION answered from the registry,
-    anything else run by the server. Returns when the plugin must run in this process."""
+    anything else run by the server (SystemExit with the status). Returns when the plugin
+    must run in this process."""
     if os.environ.get("CNI_COMMAND") == "VERSION":
         from pycni import spec
 
         sys.stdout.write(spec.version_json(registry.versions(plugin_type)))
-        sys.stdout.flush()
-        os._exit(0)
+        sys.exit(0)
     status = forward(argv)
     if status is not None:
-        os._exit(status)
+        sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,9 @@
 """The one program behind every plugin name (busybox style).
 
-`/opt/cni/bin/<type>` links to the bundle's executable; the name it was called by picks the
-plugin. Called as `pycni`, it is the admin command: `pycni <type>` runs a plugin by type,
-`pycni version`, `pycni types`.
+`/opt/cni/bin/<type>` links to the bundle's launcher (`pycni.launch`), which execs this
+program when no `pycni daemon` runs the plugin; the name it was called by picks the plugin.
+Called as `pycni`, it is the admin command: `pycni <type>` runs a plugin by type,
+`pycni version`, `pycni types`, `pycni daemon`, ...
 """
 
 from __future__ import annotations
@@ -15,10 +16,29 @@ from pycni import registry
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
+    if getattr(sys, "frozen", False):
+        restore_environment(os.environ)
     called_as = os.path.basename(argv[0])
     if called_as in registry.PLUGINS:
         run_plugin(called_as)
     sys.exit(admin(argv[1:]))
+
+
+def restore_environment(environ: os._Environ[str] | dict[str, str]) -> None:
+    """Undo what PyInstaller's bootloader added to our environment (the bundle's library
+    directory in LD_LIBRARY_PATH, LD_LIBRARY_PATH_ORIG, its own `_PYI_*` variables), so the
+    programs we exec (iptables, nft, other vendors' delegates) get the environment we were
+    given and load their own libraries."""
+    bundled = os.path.realpath(getattr(sys, "_MEIPASS", os.path.dirname(sys.executable)))
+    kept = [entry for entry in environ.get("LD_LIBRARY_PATH", "").split(":")
+            if entry and os.path.realpath(entry) != bundled]
+    if kept:
+        environ["LD_LIBRARY_PATH"] = ":".join(kept)
+    else:
+        environ.pop("LD_LIBRARY_PATH", None)
+    environ.pop("LD_LIBRARY_PATH_ORIG", None)  # the bootloader's copy of what it replaced
+    for key in [key for key in environ if key.startswith("_PYI_")]:
+        del environ[key]
 
 
 def run_plugin(plugin_type: str) -> None:

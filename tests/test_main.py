@@ -139,3 +139,21 @@ def test_subprocess_unknown_command() -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert "unknown command 'frobnicate'" in done.stderr
+
+
+def test_restore_environment_drops_what_the_bootloader_added(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bundled = tmp_path / "_internal"
+    bundled.mkdir()
+    monkeypatch.setattr(sys, "_MEIPASS", str(bundled), raising=False)
+    environ = {"LD_LIBRARY_PATH": f"{bundled}:{bundled}:/caller/lib",
+               "LD_LIBRARY_PATH_ORIG": f"{bundled}:/caller/lib",
+               "_PYI_ARCHIVE_FILE": "/opt/cni/bin/x", "_PYI_PARENT_PROCESS_LEVEL": "1",
+               "CNI_COMMAND": "ADD"}
+
+    main.restore_environment(environ)
+
+    assert environ == {"LD_LIBRARY_PATH": "/caller/lib", "CNI_COMMAND": "ADD"}
+    only_ours = {"LD_LIBRARY_PATH": str(bundled)}
+    main.restore_environment(only_ours)
+    assert only_ours == {}
