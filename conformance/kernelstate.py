@@ -17,7 +17,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 VETH_NAME = re.compile(r"^veth[0-9a-f]{8}$")
@@ -303,3 +303,22 @@ def differences(ours: Any, reference: Any, path: str = "") -> list[str]:
     if ours != reference:
         return [f"{path or '/'}: ours {ours!r}, reference {reference!r}"]
     return []
+
+
+def aspect_params(aspects: Iterable[str], cases: Iterable[str], versions: Iterable[str],
+                  deliberate: set[tuple[str, str]], known_bugs: dict[tuple[str, str], str],
+                  applies: Callable[[str, str], bool] = lambda aspect, case: True,
+                  ) -> Iterator[Any]:
+    """pytest params (aspect, case, version) of a differential test: the pairs compared by
+    their own tests (`deliberate`) left out, a known bug of ours an xfail(strict) naming it."""
+    import pytest
+
+    for aspect in aspects:
+        for case in cases:
+            if (aspect, case) in deliberate or not applies(aspect, case):
+                continue
+            for version in versions:
+                reason = known_bugs.get((aspect, case))
+                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+                yield pytest.param(aspect, case, version, marks=marks,
+                                   id=f"{aspect}-{case}-{version}")

@@ -39,6 +39,7 @@ from conformance.bridgelib import (
     bridge_conflist,
 )
 from conformance.conftest import DIST_BIN, CniTool, missing_build
+from conformance.kernelstate import aspect_params, differences
 from tests.conftest import IS_ROOT, Netns, NetnsFactory, cni_env, run_exec
 
 pytestmark = [pytest.mark.conformance, pytest.mark.kernel]
@@ -68,15 +69,7 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def params() -> Iterator[Any]:
-    for aspect in ASPECTS:
-        for case in CASES:
-            if (aspect, case) in DELIBERATE:
-                continue
-            for version in VERSIONS:
-                reason = KNOWN_BUGS.get((aspect, case))
-                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-                yield pytest.param(aspect, case, version, marks=marks,
-                                   id=f"{aspect}-{case}-{version}")
+    return aspect_params(ASPECTS, CASES, VERSIONS, DELIBERATE, KNOWN_BUGS)
 
 
 # --- reading the kernel ---------------------------------------------------------------------
@@ -349,25 +342,6 @@ def aspect_of(run: dict[str, Any], aspect: str) -> Any:
     raise AssertionError(f"unknown aspect {aspect}")
 
 
-def differences(ours: Any, reference: Any, path: str = "") -> list[str]:
-    """Where two JSON-like values differ, one line per place."""
-    if isinstance(ours, dict) and isinstance(reference, dict):
-        found = []
-        for key in sorted(set(ours) | set(reference), key=str):
-            if key not in ours:
-                found.append(f"{path}/{key}: ours has none, reference {reference[key]!r}")
-            elif key not in reference:
-                found.append(f"{path}/{key}: ours {ours[key]!r}, reference has none")
-            else:
-                found += differences(ours[key], reference[key], f"{path}/{key}")
-        return found
-    if (isinstance(ours, list) and isinstance(reference, list) and len(ours) == len(reference)
-            and not all(isinstance(x, str) for x in ours)):
-        return [line for index, (a, b) in enumerate(zip(ours, reference, strict=True))
-                for line in differences(a, b, f"{path}[{index}]")]
-    if ours != reference:
-        return [f"{path or '/'}: ours {ours!r}, reference {reference!r}"]
-    return []
 
 
 # --- the comparisons ------------------------------------------------------------------------

@@ -40,7 +40,15 @@ from typing import Any
 import pytest
 
 from conformance.conftest import DIST_BIN, CniTool, missing_build
-from conformance.kernelstate import MAC_TEXT, VETH_NAME, Masks, differences, settle_dad, snapshot
+from conformance.kernelstate import (
+    MAC_TEXT,
+    VETH_NAME,
+    Masks,
+    aspect_params,
+    differences,
+    settle_dad,
+    snapshot,
+)
 from tests.conftest import IS_ROOT, Netns, NetnsFactory, cni_env, run_exec
 
 pytestmark = [pytest.mark.conformance, pytest.mark.kernel]
@@ -169,17 +177,8 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def params() -> Iterator[Any]:
-    for aspect in ASPECTS:
-        for case in CASES:
-            if (aspect, case) in DELIBERATE:
-                continue
-            if aspect == "check" and not CASES[case].with_check:
-                continue
-            for version in VERSIONS:
-                reason = KNOWN_BUGS.get((aspect, case))
-                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-                yield pytest.param(aspect, case, version, marks=marks,
-                                   id=f"{aspect}-{case}-{version}")
+    return aspect_params(ASPECTS, CASES, VERSIONS, DELIBERATE, KNOWN_BUGS,
+                         lambda aspect, case: aspect != "check" or CASES[case].with_check)
 
 
 # --- running both sides ---------------------------------------------------------------------
