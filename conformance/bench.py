@@ -15,15 +15,14 @@ failed, 2 when the benchmark cannot start (not root, build missing).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from conformance import benchlib
 from conformance.benchlib import (
-    CNITOOL,
     IMPLEMENTATIONS,
     REPO,
     SMOKE_ROUNDS,
@@ -55,14 +54,7 @@ def run_benchmark(rounds: int) -> tuple[dict[str, dict[str, list[float]]], list[
 
 
 def cannot_start() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for path in (IMPLEMENTATIONS["ours"] / "loopback", CNITOOL):
-        if not os.access(path, os.X_OK):
-            return f"{path} is missing: run `make build cnitool`"
-    if not os.access(IMPLEMENTATIONS["reference"] / "loopback", os.X_OK):
-        return "reference plugins missing: install containernetworking-plugins"
-    return None
+    return benchlib.cannot_start({"ours": ("loopback",), "reference": ("loopback",)})
 
 
 def main(argv: list[str] | None = None) -> int:

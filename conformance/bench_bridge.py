@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -36,8 +34,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from conformance import benchlib
 from conformance.benchlib import (
-    CNITOOL,
     IMPLEMENTATIONS,
     REPO,
     SMOKE_ROUNDS,
@@ -145,19 +143,8 @@ def throughput_table(summary: dict[str, Any]) -> str:
 # --- the program ----------------------------------------------------------------------------
 
 def cannot_start() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for path in (IMPLEMENTATIONS["ours"] / "bridge", IMPLEMENTATIONS["ours"] / "host-local",
-                 CNITOOL):
-        if not os.access(path, os.X_OK):
-            return f"{path} is missing: run `make build cnitool`"
-    for plugin in ("bridge", "host-local"):
-        if not os.access(IMPLEMENTATIONS["reference"] / plugin, os.X_OK):
-            return "reference plugins missing: install containernetworking-plugins"
-    for tool in ("iperf3", "ss"):
-        if not shutil.which(tool):
-            return f"{tool} missing: install it (apt-get install iperf3 iproute2)"
-    return None
+    both = ("bridge", "host-local")
+    return benchlib.cannot_start({"ours": both, "reference": both}, tools=("iperf3", "ss"))
 
 
 def main(argv: list[str] | None = None) -> int:

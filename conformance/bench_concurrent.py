@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -37,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conformance import benchlib
 from conformance.benchlib import (
-    CNITOOL,
     DAEMON,
     IMPLEMENTATIONS,
     REPO,
@@ -301,15 +300,8 @@ def measure(implementations: list[str], pod_count: int, rounds: int
 
 
 def cannot_start() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if not os.access(CNITOOL, os.X_OK):
-        return f"{CNITOOL} is missing: run `make cnitool`"
-    for directory in IMPLEMENTATIONS.values():
-        for plugin in ("bridge", "host-local"):
-            if not os.access(directory / plugin, os.X_OK):
-                return f"{directory / plugin} is missing (make build; containernetworking-plugins)"
-    return None
+    both = ("bridge", "host-local")
+    return benchlib.cannot_start({"ours": both, "reference": both})
 
 
 def main(argv: list[str] | None = None) -> int:

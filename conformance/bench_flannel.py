@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -35,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conformance import benchlib
 from conformance.bench_bridge import iperf3
-from conformance.benchlib import CNITOOL, REPO, RunFailed, machine_info, write_results
+from conformance.benchlib import REPO, RunFailed, machine_info, write_results
 from conformance.flannellib import PROGRAM, SEEDS, Pod, add_pod
 from tests.conftest import NetnsFactory
 from tests.flannelcluster import Cluster, Node, wait_for
@@ -154,15 +153,8 @@ def data_plane(factory: NetnsFactory, root: Path, seconds: int,
 
 
 def cannot_start() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for path in (Path(PROGRAM[0]), CNITOOL):
-        if not os.access(path, os.X_OK):
-            return f"{path} is missing: run `make build cnitool`"
-    for tool in ("iperf3", "ss", "unshare", "bridge"):
-        if not shutil.which(tool):
-            return f"{tool} missing"
-    return None
+    return benchlib.cannot_start({}, programs=(Path(PROGRAM[0]),),
+                                 tools=("iperf3", "ss", "unshare", "bridge"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ benchmark cannot start.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -23,8 +22,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from conformance import benchlib
 from conformance.benchlib import (
-    CNITOOL,
     IMPLEMENTATIONS,
     REPO,
     SMOKE_ROUNDS,
@@ -58,15 +57,8 @@ def add_master(host: str) -> None:
 
 
 def cannot_start() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for directory in IMPLEMENTATIONS.values():
-        for plugin in ("macvlan", "host-local"):
-            if not os.access(directory / plugin, os.X_OK):
-                return f"{directory / plugin} is missing (make build; containernetworking-plugins)"
-    if not os.access(CNITOOL, os.X_OK):
-        return f"{CNITOOL} is missing: run `make cnitool`"
-    return None
+    both = ("macvlan", "host-local")
+    return benchlib.cannot_start({"ours": both, "reference": both})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -33,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from conformance import benchlib
 from conformance.benchlib import (
     CNITOOL,
     REPO,
@@ -184,14 +184,7 @@ def delegate_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def cannot_start() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    for plugin in PLUGINS:
-        if not os.access(DIST_BIN / plugin, os.X_OK):
-            return f"{DIST_BIN / plugin} is missing: run `make build`"
-    if not os.access(CNITOOL, os.X_OK):
-        return f"{CNITOOL} is missing: run `make cnitool`"
-    return None
+    return benchlib.cannot_start({"ours": tuple(PLUGINS)})
 
 
 def measure(rounds: int) -> tuple[dict[str, Any], list[list[str]]]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conformance import benchlib
 from conformance.bench_macvlan import add_master
 from conformance.benchlib import (
-    CNITOOL,
     DAEMON,
     IMPLEMENTATIONS,
     REPO,
@@ -237,20 +236,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 # --- the program ----------------------------------------------------------------------------
 
 def cannot_start() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if not os.access(CNITOOL, os.X_OK):
-        return f"{CNITOOL} is missing: run `make cnitool`"
-    needed = {"ours": ("bridge", "cnv-bridge", "macvlan", "host-device", "loopback",
-                       "host-local", "static"),
-              "reference": ("bridge", "macvlan", "host-device", "loopback", "host-local",
-                            "static")}
-    for implementation, plugins in needed.items():
-        for plugin in plugins:
-            path = IMPLEMENTATIONS[implementation] / plugin
-            if not os.access(path, os.X_OK):
-                return f"{path} is missing (make build; containernetworking-plugins)"
-    return None
+    return benchlib.cannot_start({
+        "ours": ("bridge", "cnv-bridge", "macvlan", "host-device", "loopback", "host-local",
+                 "static"),
+        "reference": ("bridge", "macvlan", "host-device", "loopback", "host-local", "static")})
 
 
 def main(argv: list[str] | None = None) -> int:

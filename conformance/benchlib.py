@@ -34,6 +34,26 @@ class RunFailed(Exception):
     pass
 
 
+def cannot_start(plugins: dict[str, tuple[str, ...]], programs: tuple[Path, ...] = (),
+                 tools: tuple[str, ...] = ()) -> str | None:
+    """Why a benchmark cannot run here, None when it can: root, cnitool, each implementation's
+    plugins, other programs it runs, tools on PATH."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    remedies = {"ours": "run `make build`",
+                "reference": "apt-get install containernetworking-plugins"}
+    needed = [(IMPLEMENTATIONS[side] / plugin, remedies[side])
+              for side, names in plugins.items() for plugin in names]
+    needed += [(CNITOOL, "run `make cnitool`"), *((path, "run `make build`") for path in programs)]
+    for path, remedy in needed:
+        if not os.access(path, os.X_OK):
+            return f"{path} is missing: {remedy}"
+    for tool in tools:
+        if not shutil.which(tool):
+            return f"{tool} is missing: install it (apt-get install iperf3 iproute2 util-linux)"
+    return None
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     """Linear interpolation between the closest ranks (numpy's default)."""
     ordered = sorted(samples)
