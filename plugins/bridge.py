@@ -55,10 +55,6 @@ class BridgeConf(config.NetConf):
     mac: str = ""  # only from CNI_ARGS MAC, args.cni.mac, runtimeConfig.mac
 
     @property
-    def ipam_type(self) -> str:
-        return str((self.ipam or {}).get("type") or "")
-
-    @property
     def vlans(self) -> list[int]:
         return trunk_vlans(self.vlan_trunk or [])
 

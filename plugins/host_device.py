@@ -46,10 +46,6 @@ class HostDeviceConf(config.NetConf):
     data_dir: str = ""
 
     @property
-    def ipam_type(self) -> str:
-        return str((self.ipam or {}).get("type") or "")
-
-    @property
     def pci_address(self) -> str:
         """The PCI address chosen by `pciBusID` or `deviceID`, in its full form."""
         return device.full_pci_address(self.device_id or self.pci_bus_id)

@@ -37,6 +37,11 @@ class NetConf(BaseModel):
     runtime_config: dict[str, Any] = {}
     prev_result: dict[str, Any] | None = None
 
+    @property
+    def ipam_type(self) -> str:
+        """The IPAM plugin's type ('' when the attachment has no IPAM: L2 only)."""
+        return str((self.ipam or {}).get("type") or "")
+
 
 class Override(NamedTuple):
     """Where a config field may also come from (None: not from there)."""

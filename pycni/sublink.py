@@ -38,10 +38,6 @@ class SubLinkConf(config.NetConf):
     mtu: int = 0
     link_in_container: bool = False
 
-    @property
-    def ipam_type(self) -> str:
-        return str((self.ipam or {}).get("type") or "")
-
 
 def validate(conf: SubLinkConf) -> None:
     """Checks that need no kernel (the master's MTU bound is checked when it is found)."""

@@ -58,10 +58,6 @@ class SriovConf(config.NetConf):
     data_dir: str = ""
 
     @property
-    def ipam_type(self) -> str:
-        return str((self.ipam or {}).get("type") or "")
-
-    @property
     def pci_address(self) -> str:
         return device.full_pci_address(self.device_id or self.pci_bus_id)
 
