@@ -242,10 +242,12 @@ class KubeStore(SubnetStore):
                  if not _same_annotation(key, current.get(key), value)}
         if stale:
             log.info("annotating node %r: %s", self.node_name, ", ".join(sorted(stale)))
+            # Through the status subresource, as flanneld: its role needs `nodes/status`
+            # patch only, never the right to change any node's spec, labels or taints.
             self._call(f"annotating node {self.node_name!r}", lambda: self._json(
-                self._core.patch_node(self.node_name, {"metadata": {"annotations": stale}},
-                                      _preload_content=False,
-                                      _request_timeout=self._timeout())))
+                self._core.patch_node_status(
+                    self.node_name, {"metadata": {"annotations": stale}},
+                    _preload_content=False, _request_timeout=self._timeout())))
         return published
 
     def _report_network_up(self) -> None:
