@@ -56,12 +56,16 @@ def admin(args: list[str]) -> int:
     from pycni import __version__
 
     if not args or args[0] in ("-h", "--help", "help"):
-        print("usage: pycni <type> | version | types | ipam ls|gc | daemon | flanneld | multus\n"
+        print("usage: pycni <type> | version | types | ipam ls|gc | daemon | doctor |\n"
+              "       install-cni | install-conf | flanneld | multus\n"
               "  <type>   run the plugin of that CNI type (CNI_* environment, config on stdin)\n"
               "  version  print pycni's version and the CNI versions it speaks\n"
               "  types    list the CNI types this build provides\n"
               "  ipam     list host-local allocations, free leaked ones (pycni ipam --help)\n"
               "  daemon   serve plugin starts from a warm process (pycni daemon --help)\n"
+              "  doctor   check this node's CNI setup and say how to fix what is wrong\n"
+              "  install-cni   install the bundle into a CNI bin directory (links swapped)\n"
+              "  install-conf  write the CNI config once the agent is up; keep the kubeconfig\n"
               "  flanneld the flannel node agent (pycni flanneld --help)\n"
               "  multus   attach or detach a network on a running pod (pycni multus --help)",
               file=sys.stdout if args else sys.stderr)
@@ -86,6 +90,15 @@ def admin(args: list[str]) -> int:
         from pycni import daemon
 
         return daemon.main(args[1:])
+    if command == "doctor":
+        from pycni import doctor
+
+        return doctor.main(args[1:])
+    if command in ("install-cni", "install-conf"):
+        from pycni import install
+
+        run = install.install_cni_main if command == "install-cni" else install.install_conf_main
+        return run(args[1:])
     if command == "flanneld":
         from pycni.plugins.flannel import agent
 
