@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from pycni.plugins.flannel import backend as backends
-from pycni.plugins.flannel import masquerade, netconf, subnet_env, underlay
+from pycni.plugins.flannel import health, masquerade, netconf, subnet_env, underlay
 from pycni.plugins.flannel.lease import Lease
 from pycni.plugins.flannel.store.base import (
     DEFAULT_TTL,
@@ -69,6 +69,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="lease time in seconds (etcd and file stores)")
     parser.add_argument("--resync-interval", type=float, default=30,
                         help="seconds between full resynchronisations of the kernel state")
+    parser.add_argument("--healthz-ip", default="0.0.0.0",
+                        help="address of the /healthz, /readyz and /metrics server")
+    parser.add_argument("--healthz-port", type=int, default=0,
+                        help="port of the /healthz, /readyz and /metrics server (0: none)")
     parser.add_argument("--log-level", default=env("PYCNI_LOG_LEVEL") or "INFO")
     return parser.parse_args(argv)
 
@@ -93,10 +97,12 @@ def open_store(options: argparse.Namespace) -> SubnetStore:
 
 
 class Agent:
-    def __init__(self, options: argparse.Namespace, store: SubnetStore, log: Any) -> None:
+    def __init__(self, options: argparse.Namespace, store: SubnetStore, log: Any,
+                 monitor: health.Monitor | None = None) -> None:
         self.options = options
         self.store = store
         self.log = log
+        self.monitor = monitor or health.Monitor()
         self.stop = threading.Event()
         self.lease: Lease | None = None
         self.programmer: backends.Programmer | None = None
@@ -108,7 +114,7 @@ class Agent:
 
     def start(self, ipr: Any) -> Lease:
         config: netconf.NetworkConfig = self._retry(self.store.network_config,
-                                                    "read the network config")
+                                                    "read the network config", "config")
         self.config = config
         found = underlay.find(ipr, self.options.iface, self.options.iface_regex,
                               self.options.public_ip)
@@ -118,8 +124,9 @@ class Agent:
         previous = self._previous_lease(str(found.public_ip))
         attrs = backend.prepare(previous)
         lease: Lease = self._retry(lambda: self.store.acquire_lease(attrs, previous),
-                                   "lease a subnet")
+                                   "lease a subnet", "lease")
         self.lease = lease
+        self.monitor.leased(lease, backend.type)
         self.log.info("leased %s (%s backend)", lease.key, backend.type)
         backend.configure(lease)
         self._clear_stale_bridge_address(ipr, lease)
@@ -127,16 +134,19 @@ class Agent:
         self.programmer = backends.Programmer(backend, lease)
         self.sync(full=True)
         self._write_subnet_env()
+        self.monitor.subnet_env_written()
         return lease
 
-    def _retry(self, action: Any, what: str) -> Any:
+    def _retry(self, action: Any, what: str, stage: str) -> Any:
         """Wait for the store to come up at start (flanneld does the same)."""
         delay = 0.5
         while True:
+            self.monitor.heartbeat()     # waiting is alive; a liveness restart would not help
             try:
                 return action()
             except StoreUnavailable as exc:
                 self.stats["store_errors"] += 1
+                self.monitor.error(stage)
                 self.log.warning("cannot %s yet: %s", what, exc)
                 if self.stop.wait(delay):
                     raise
@@ -207,9 +217,13 @@ class Agent:
         assert self.programmer is not None
         started = time.monotonic()
         leases = self.store.leases()
+        programming = time.monotonic()
         stats = self.programmer.sync(leases, full=full)
+        done = time.monotonic()
+        self.monitor.programmed(done - programming, stats.entries, len(stats.failures),
+                                len(self.programmer.programmed), full)
         self.stats["syncs"] += 1
-        self.stats["last_sync_seconds"] = time.monotonic() - started
+        self.stats["last_sync_seconds"] = done - started
         if stats.added or stats.changed or stats.removed or stats.failures:
             self.log.info("peers: %d programmed (+%d ~%d -%d, %d skipped) in %.3f s",
                           len(self.programmer.programmed), stats.added, stats.changed,
@@ -230,25 +244,32 @@ class Agent:
         next_resync = time.monotonic() + self.options.resync_interval
         dirty = False
         while not self.stop.is_set():
+            self.monitor.heartbeat()
+            stage = "renew"
             try:
                 if self.renew_due() <= 0:
-                    assert self.lease is not None
+                    assert self.lease is not None and self.backend is not None
                     self.lease = self.store.renew_lease(self.lease)
+                    self.monitor.leased(self.lease, self.backend.type)
                     self.log.info("renewed lease %s", self.lease.key)
                 full = time.monotonic() >= next_resync
                 if dirty or full:
+                    stage = "leases"
                     self.sync(full=full)
                     if full:
                         self._write_firewall()
                         next_resync = time.monotonic() + self.options.resync_interval
+                stage = "watch"
                 dirty = self.store.wait_for_change(min(1.0, max(0.0, self.renew_due())))
             except StoreUnavailable as exc:
                 self.stats["store_errors"] += 1
+                self.monitor.error(stage)
                 self.log.warning("store unavailable, keeping the data plane: %s", exc)
                 dirty = True
                 self.stop.wait(1.0)
             except StoreError as exc:
                 self.stats["store_errors"] += 1
+                self.monitor.error(stage)
                 self.log.error("store: %s", exc)
                 dirty = True
                 self.stop.wait(1.0)
@@ -259,12 +280,20 @@ def main(argv: list[str]) -> int:
     log = logs.setup(level=options.log_level)
     from pycni import netns
 
+    try:   # first, so that probes answer (not ready) while the store is awaited
+        monitor = health.create(options.healthz_ip, options.healthz_port,
+                                options.resync_interval)
+    except (OSError, OverflowError) as exc:      # in use, no such address, port > 65535
+        log.error("cannot serve health on %s port %d: %s", options.healthz_ip,
+                  options.healthz_port, exc)
+        return 1
     try:
         store = open_store(options)
     except (StoreError, OSError, ValueError) as exc:
         log.error("cannot open the subnet store: %s", exc)
+        monitor.close()
         return 1
-    agent = Agent(options, store, log)
+    agent = Agent(options, store, log, monitor)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop.set())
     ipr = netns.ipr(None)
@@ -280,6 +309,7 @@ def main(argv: list[str]) -> int:
     finally:
         store.close()
         ipr.close()
+        monitor.close()
     log.info("stopped; routes and devices stay for the next start")
     return 0
 

@@ -213,6 +213,39 @@ class SyncStats:
     removed: int = 0
     skipped: int = 0
     failures: list[Failure] = field(default_factory=list)
+    entries: dict[str, int] = field(default_factory=dict)   # kernel changes sent, per kind
+
+
+class CountedBatch(Batch):
+    """A batch that counts its changes per kind of kernel entry: route, neigh, fdb."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts = {"route": 0, "neigh": 0, "fdb": 0}
+
+    def route_replace(self, *args: Any, **kwargs: Any) -> None:
+        self.counts["route"] += 1
+        super().route_replace(*args, **kwargs)
+
+    def route_delete(self, *args: Any, **kwargs: Any) -> None:
+        self.counts["route"] += 1
+        super().route_delete(*args, **kwargs)
+
+    def neighbour_replace(self, *args: Any, **kwargs: Any) -> None:
+        self.counts["neigh"] += 1
+        super().neighbour_replace(*args, **kwargs)
+
+    def neighbour_delete(self, *args: Any, **kwargs: Any) -> None:
+        self.counts["neigh"] += 1
+        super().neighbour_delete(*args, **kwargs)
+
+    def fdb_replace(self, *args: Any, **kwargs: Any) -> None:
+        self.counts["fdb"] += 1
+        super().fdb_replace(*args, **kwargs)
+
+    def fdb_delete(self, *args: Any, **kwargs: Any) -> None:
+        self.counts["fdb"] += 1
+        super().fdb_delete(*args, **kwargs)
 
 
 class Programmer:
@@ -239,7 +272,7 @@ class Programmer:
     def sync(self, leases: list[Lease], full: bool = False) -> SyncStats:
         wanted, skipped = self.wanted(leases)
         stats = SyncStats(skipped=skipped)
-        batch = Batch()
+        batch = CountedBatch()
         if full:
             self._remove_strays(batch, wanted, stats)
         for subnet, gone in list(self.programmed.items()):
@@ -256,6 +289,7 @@ class Programmer:
             elif old is None:
                 stats.added += 1
             self._add(batch, entry)
+        stats.entries = dict(batch.counts)
         stats.failures = batch.commit()
         self.programmed = wanted
         return stats
