@@ -6,7 +6,7 @@ DESTDIR ?=
 SOURCES := $(shell find pycni plugins ipam meta -name '*.py') build/pycni.spec build/entry.py \
 	build/launcher.py
 
-.PHONY: all venv stage build cnitool install test test-fast lint bench stress clean
+.PHONY: all venv stage build cnitool install test test-fast lint bench stress demo clean
 
 all: build
 
@@ -69,6 +69,10 @@ bench: build cnitool
 	$(PYTHON) -m conformance.bench_flannel --peers 1000,10000
 	$(PYTHON) -m conformance.bench_pods --rounds 50
 	$(PYTHON) -m conformance.bench_concurrent --pods 50 --rounds 3
+
+# A two-node cluster with a business network, all in network namespaces, then torn down.
+demo: build cnitool
+	$(PYTHON) -m conformance.demo --store $(or $(STORE),file)
 
 stress: build cnitool
 	@echo "no stress suite yet"; exit 1
