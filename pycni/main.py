@@ -56,11 +56,12 @@ def admin(args: list[str]) -> int:
     from pycni import __version__
 
     if not args or args[0] in ("-h", "--help", "help"):
-        print("usage: pycni <type> | version | types | ipam ls|gc | daemon | doctor |\n"
+        print("usage: pycni <type> | version | types | status | ipam ls|gc | daemon | doctor |\n"
               "       install-cni | install-conf | flanneld | multus\n"
               "  <type>   run the plugin of that CNI type (CNI_* environment, config on stdin)\n"
               "  version  print pycni's version and the CNI versions it speaks\n"
               "  types    list the CNI types this build provides\n"
+              "  status   what this node runs: bundle, config in use, daemon, lease, allocations\n"
               "  ipam     list host-local allocations, free leaked ones (pycni ipam --help)\n"
               "  daemon   serve plugin starts from a warm process (pycni daemon --help)\n"
               "  doctor   check this node's CNI setup and say how to fix what is wrong\n"
@@ -90,6 +91,10 @@ def admin(args: list[str]) -> int:
         from pycni import daemon
 
         return daemon.main(args[1:])
+    if command == "status":
+        from pycni import status
+
+        return status.main(args[1:])
     if command == "doctor":
         from pycni import doctor
 
