@@ -305,6 +305,25 @@ def differences(ours: Any, reference: Any, path: str = "") -> list[str]:
     return []
 
 
+# Differential runs at these versions are `make stress`'s: the same plugin code as 1.0.0 with
+# an older result form, which the libcni conformance tests cover at every version.
+STRESS_VERSIONS = frozenset({"0.4.0"})
+
+
+def version_marks(version: str) -> list[Any]:
+    import pytest
+
+    return [pytest.mark.stress] if version in STRESS_VERSIONS else []
+
+
+def version_params(versions: Iterable[str]) -> list[Any]:
+    """pytest params of a differential test's versions, marked as `version_marks` says."""
+    import pytest
+
+    return [pytest.param(version, marks=version_marks(version), id=version)
+            for version in versions]
+
+
 def aspect_params(aspects: Iterable[str], cases: Iterable[str], versions: Iterable[str],
                   deliberate: set[tuple[str, str]], known_bugs: dict[tuple[str, str], str],
                   applies: Callable[[str, str], bool] = lambda aspect, case: True,
@@ -320,5 +339,6 @@ def aspect_params(aspects: Iterable[str], cases: Iterable[str], versions: Iterab
             for version in versions:
                 reason = known_bugs.get((aspect, case))
                 marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+                marks += version_marks(version)
                 yield pytest.param(aspect, case, version, marks=marks,
                                    id=f"{aspect}-{case}-{version}")

@@ -30,6 +30,7 @@ PARENTS = {"tbf": 0xFFFFFFFF, "ingress": 0xFFFFFFF1}  # TC_H_ROOT, TC_H_INGRESS
 ETH_P_ALL = 0x0003
 LATENCY_USEC = 25_000  # the reference's tbf latency: bounds the queue (limit)
 MAX_U32 = 2**32 - 1
+IFF_UP = 0x1
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -179,6 +180,14 @@ def redirect_to(host: Any, port: link.Link, ifb: link.Link) -> None:
         raise CNIError(f"failed to redirect {port.name!r} to {ifb.name!r}: {exc}") from None
 
 
+def has_filters(host: Any, index: int) -> bool:
+    """Whether the link's ingress qdisc holds any filter."""
+    try:
+        return bool(host.get_filters(index=index, parent=INGRESS_HANDLE))
+    except Exception:  # NetlinkError: no ingress qdisc
+        return False
+
+
 def redirect_target(host: Any, index: int) -> int | None:
     """The ifindex the host veth's ingress filter redirects to, if any."""
     for found in host.get_filters(index=index, parent=INGRESS_HANDLE):
@@ -228,7 +237,10 @@ def cmd_del(args: CmdArgs) -> None:
         if port is not None:
             if conf.shapes_ingress:
                 delete_qdisc(host, port.index, "tbf", TBF_HANDLE)
-            if ifb is not None and redirect_target(host, port.index) == ifb.index:
+            target = redirect_target(host, port.index)
+            # ours: it redirects to our IFB, or it is empty (an ADD that died before its
+            # filter)
+            if (ifb is not None and target == ifb.index) or not has_filters(host, port.index):
                 delete_qdisc(host, port.index, "ingress", INGRESS_HANDLE)
         if ifb is not None:
             link.delete(host, ifb.name)
@@ -280,6 +292,11 @@ def cmd_gc(args: CmdArgs) -> None:
         for message in host.get_links():
             found = link.Link(message)
             if found.kind != "ifb" or not found.name.startswith(IFB_PREFIX):
+                continue
+            if not found.alias and not found.flags & IFF_UP:
+                # made by an ADD that died before labelling it (which it does at once,
+                # bringing it up): nothing uses it
+                link.delete(host, found.name)
                 continue
             container_id, slash, ifname = found.alias.partition("/")
             if not slash or found.name != ifb_name(conf.name, container_id):

@@ -25,7 +25,6 @@ IPv6 rules of an IPv4-only pod and fails), and GC removes the rules of gone atta
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import shutil
@@ -42,10 +41,13 @@ from pycni.firewall import (
     detect_backend,
     ipt,
     ipt_has,
+    iptables_restore,
     iptables_rules,
+    iptables_save,
     nft_apply,
     nft_delete_handles,
     nft_list_rules,
+    restore_line,
 )
 from pycni.result import Result
 from pycni.skel import CmdArgs, Plugin
@@ -173,13 +175,14 @@ def _to(address: Address, port: int) -> str:
 @contextmanager
 def node_lock() -> Iterator[None]:
     """Serialise changes to the shared chains between concurrent ADDs and DELs."""
-    os.makedirs(os.path.dirname(LOCK_FILE), exist_ok=True)
-    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    from pycni import store
+
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        store.make_dirs(os.path.dirname(LOCK_FILE))
+    except OSError as exc:
+        raise CNIError(f"failed to create {os.path.dirname(LOCK_FILE)}: {exc.strerror}") from None
+    with store.flock(LOCK_FILE):
         yield
-    finally:
-        os.close(fd)
 
 
 # --- iptables (the reference's chains) ------------------------------------------------------
@@ -247,29 +250,33 @@ def container_rules(conf: PortMapConf, container_id: str,
 
 def iptables_add(conf: PortMapConf, container_id: str,
                  address: PodAddress) -> None:
+    """The shared chains and rules where missing, and the container's chain (replacing an
+    earlier ADD's) with its jumps, in one iptables-restore transaction: a process killed
+    halfway leaves all of it or nothing."""
     family = _family(address)
     with node_lock():
+        chain = dnat_chain(conf, container_id)
+        chains, present = iptables_save(family)
         shared = [DNAT_CHAIN] + ([SETMARK_CHAIN, MASQ_CHAIN]
                                  if conf.snat and not conf.external_set_mark_chain else [])
-        present = ipt(family, "-S").split()
-        for chain in shared:
-            if chain not in present:
-                ipt(family, "-N", chain, check=False)  # a concurrent ADD may win: fine
+        lines = [f":{name} - [0:0]" for name in (*shared, chain) if name not in chains]
+        if chain in chains:
+            lines.append(f":{chain} - [0:0]")  # declared again: flushed
         for rule in toplevel_rules(conf):
             if not ipt_has(family, *rule):
                 # POSTROUTING first: the bridge's and ptp's masquerade rules follow it.
-                ipt(family, "-I" if rule[0] == "POSTROUTING" else "-A", *rule)
+                lines.append(restore_line("-I" if rule[0] == "POSTROUTING" else "-A", *rule))
+        lines += [restore_line("-D", *rule[1:]) for rule in present
+                  if rule[1] == DNAT_CHAIN and rule[-2:] == ["-j", chain]]
         rules, jumps = container_rules(conf, container_id, address)
-        _iptables_remove(family, dnat_chain(conf, container_id))
-        ipt(family, "-N", dnat_chain(conf, container_id))
-        for rule in (*rules, *jumps):
-            ipt(family, "-A", *rule)
+        lines += [restore_line("-A", *rule) for rule in (*rules, *jumps)]
+        iptables_restore(family, lines)
 
 
 def _iptables_remove(family: str, chain: str) -> None:
     """Drop a container chain and every jump to it; none is fine."""
-    rules = iptables_rules(family)
-    if not any(rule[1] == chain or rule[-2:] == ["-j", chain] for rule in rules):
+    chains, rules = iptables_save(family)
+    if chain not in chains and not any(rule[-2:] == ["-j", chain] for rule in rules):
         return
     for rule in rules:
         if rule[1] == DNAT_CHAIN and rule[-2:] == ["-j", chain]:

@@ -210,6 +210,11 @@ def cmd_add(args: CmdArgs) -> Result:
         else:
             message = find_device(host, args, conf)
             record = describe(message, args, conf)
+            # Saved before the device moves: a DEL after a crash anywhere on the way knows
+            # what to give back, and how to recognise it in the pod (its MAC stays).
+            record["podMac"] = link.Link(message).mac
+            saved.write(key, json.dumps(record, indent=1).encode())
+            undo.callback(saved.delete, key)
             with link.socket(args.netns) as pod:
                 device.move_in(host, link.Link(message), args.ifname, args.netns,
                                {"mtu": conf.mtu} if conf.mtu else None)
@@ -219,7 +224,6 @@ def cmd_add(args: CmdArgs) -> Result:
                 undo.callback(device.return_device, args.netns, record)
                 pod.link("set", index=inside.index, state="up")
             saved.write(key, json.dumps(record, indent=1).encode())
-            undo.callback(saved.delete, key)
             result.interfaces = [Interface(args.ifname, inside.mac, sandbox=args.netns,
                                            mtu=inside.mtu, pci_id=record["pciAddress"] or None)]
 
@@ -266,7 +270,7 @@ def cmd_check(args: CmdArgs) -> None:
         ipam_delegate.forward("CHECK", conf.ipam_type, args)
     prev = args.prev_result
     if prev is None:
-        raise CNIError("required prevResult missing")
+        raise InvalidConfig("required prevResult missing: CHECK needs the result of ADD")
     key = device.attachment_key(args.container_id, args.ifname)
     record = read_record(state_store(args, conf), key)
     if record is not None and record.get("dpdk"):

@@ -12,8 +12,9 @@ import errno
 import os
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 
-from pycni import link, netns
+from pycni import faults, link, netns
 from pycni.errors import CNIError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
@@ -101,13 +102,17 @@ def is_same_device(message: Any, record: Mapping[str, Any]) -> bool:
 def locate(pod: IPRoute, record: Mapping[str, Any]) -> link.Link | None:
     """The attached device in the pod: at the index it got there when it is still the same
     device, else (the index was reused) wherever its permanent identity is; None when gone."""
-    try:
-        message = pod.get_links(record["podIndex"])[0]
-    except Exception:  # NetlinkError: no link of that index
-        message = None
+    message = None
+    if record.get("podIndex"):
+        try:
+            message = pod.get_links(record["podIndex"])[0]
+        except Exception:  # NetlinkError: no link of that index
+            message = None
     if message is not None and is_same_device(message, record):
         return link.Link(message)
-    if record.get("permanentMac") or record.get("parentDevice"):
+    # a record saved before the move knows no index yet: wherever its identity is
+    if (record.get("permanentMac") or record.get("parentDevice")
+            or not record.get("podIndex")):
         for message in pod.get_links():
             if is_same_device(message, record):
                 return link.Link(message)
@@ -142,11 +147,66 @@ def only_link(scratch: IPRoute, name: str) -> int:
     return int(indexes[0])
 
 
+@contextmanager
+def scratch_namespace(state: Mapping[str, Any], home: str) -> Iterator[str]:
+    """A temporary namespace for a device on its way, watched by a keeper: a process of a
+    session of its own that, should the plugin die (SIGKILL, OOM) while the device is in
+    the temporary namespace, gives it back to the namespace at `home` as `state` (from
+    `original`) describes. Without it the device would go with the namespace: a virtual
+    one destroyed, a physical one dropped into the machine's initial namespace."""
+    with netns.temporary() as path:
+        ready, ready_signal = os.pipe()
+        done_signal, done = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the keeper
+            status = 1
+            try:
+                os.setsid()  # out of the plugin's process group: a kill of it spares us
+                os.environ.pop(faults.COUNTER, None)  # its repair is no point of the run
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):  # never hold the runtime's pipes open
+                    os.dup2(null, fd)
+                scratch_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                home_fd = os.open(home, os.O_RDONLY | os.O_CLOEXEC)
+                # nothing else of the plugin's: no lock it holds, no end of our own pipes
+                keep = {0, 1, 2, ready_signal, done_signal, scratch_fd, home_fd}
+                for name in os.listdir("/proc/self/fd"):
+                    if int(name) not in keep:
+                        with suppress(OSError):
+                            os.close(int(name))
+                os.write(ready_signal, b"r")
+                if os.read(done_signal, 1) == b"":  # the plugin died before it was done
+                    give_back(f"/proc/self/fd/{scratch_fd}", f"/proc/self/fd/{home_fd}",
+                              state)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(ready_signal)
+        os.close(done_signal)
+        try:
+            os.read(ready, 1)
+            yield path
+        finally:
+            os.close(ready)
+            os.write(done, b"d")
+            os.close(done)
+            os.waitpid(pid, 0)
+
+
+def give_back(scratch_path: str, home: str, state: Mapping[str, Any]) -> None:
+    """Return whatever device is in the temporary namespace to `home`, as it was."""
+    with link.socket(scratch_path) as scratch, link.socket(home) as target:
+        for message in scratch.get_links():
+            if not message["flags"] & IFF_LOOPBACK:
+                put_back(scratch, message["index"], state, home, target)
+
+
 def move_in(host: IPRoute, device: link.Link, ifname: str, pod_path: str,
             changes: Mapping[str, Any] | None = None) -> None:
     """Node -> temporary namespace (renamed `ifname` there, alias = original name, plus
     `changes` such as `mtu` or `address`) -> the pod at `pod_path`."""
-    with netns.temporary() as scratch_path, link.socket(scratch_path) as scratch:
+    with scratch_namespace(original(device), netns.own_path()) as scratch_path, \
+            link.socket(scratch_path) as scratch:
         move(host, device.index, scratch_path, device.name)
         index = only_link(scratch, device.name)
         try:
@@ -207,7 +267,8 @@ def move_out(pod: IPRoute, host: IPRoute, device: link.Link, record: Mapping[str
     Returns the name it has on the node: its own, or a free one if a link took that."""
     from pycni import log
 
-    with netns.temporary() as scratch_path, link.socket(scratch_path) as scratch:
+    with scratch_namespace(original(device), record["netns"]) as scratch_path, \
+            link.socket(scratch_path) as scratch:
         move(pod, device.index, scratch_path, device.name)
         index = only_link(scratch, device.name)
         try:

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 
+from pycni import faults
 from pycni.errors import CNIError
 
 NFT_TABLE = "pycni_masquerade"
@@ -37,8 +38,18 @@ def run(argv: list[str], stdin: str | None = None, check: bool = True,
         raise error(f"{argv[0]} not found: install it or choose another backend") from None
     if check and done.returncode != 0:
         raise error(f"{' '.join(argv[:4])}... failed: {done.stderr.strip()}")
+    if done.returncode == 0 and changes(argv):
+        faults.point(" ".join(argv[:6]))
     return done.stdout if done.returncode == 0 else ""
 
+
+def changes(argv: list[str]) -> bool:
+    """Whether a firewall command changes rules (a point follows it), not only reads."""
+    if argv[0] == "nft":
+        return "-f" in argv
+    if argv[0].endswith("-restore"):
+        return True
+    return any(flag in argv for flag in ("-A", "-I", "-D", "-N", "-F", "-X", "-R", "-P"))
 
 
 def detect_backend() -> str:
@@ -70,6 +81,22 @@ def ipt_has(family: str, *rule: str) -> bool:
     return done.returncode == 0
 
 
+def restore_line(*words: str) -> str:
+    """One `iptables-restore` line: words with spaces or quotes double-quoted, as
+    iptables-save writes them."""
+    return " ".join(word if word and not any(c in word for c in ' "\\\'') else
+                    '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                    for word in words)
+
+
+def iptables_restore(family: str, lines: list[str]) -> None:
+    """Apply `lines` to the nat table in one transaction (all or nothing, also when the
+    process dies halfway), leaving everything else as it is."""
+    if lines:
+        run([f"{_iptables(family)}-restore", "-w", "--noflush"],
+            stdin="*nat\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n")
+
+
 def _iptables_add(network: str, container_id: str, cidr: str) -> None:
     import ipaddress
 
@@ -77,24 +104,31 @@ def _iptables_add(network: str, container_id: str, cidr: str) -> None:
     family = str(iface.version)
     chain, comment = chain_name(network, container_id), iptables_comment(network, container_id)
     multicast = "ff00::/8" if family == "6" else "224.0.0.0/4"
-    if chain not in ipt(family, "-S").split():
-        ipt(family, "-N", chain, check=False)
+    lines = [] if chain in iptables_save(family)[0] else [f":{chain} - [0:0]"]
     for rule in ((chain, "-d", str(iface.network), "-j", "ACCEPT", "-m", "comment",
                   "--comment", comment),
                  (chain, "!", "-d", multicast, "-j", "MASQUERADE", "-m", "comment",
                   "--comment", comment),
                  ("POSTROUTING", "-s", str(iface.ip), "-j", chain, "-m", "comment",
                   "--comment", comment)):
-        if not ipt_has(family, *rule):
-            ipt(family, "-A", *rule)
+        if lines or not ipt_has(family, *rule):
+            lines.append(restore_line("-A", *rule))
+    iptables_restore(family, lines)
+
+
+def iptables_save(family: str) -> tuple[set[str], list[list[str]]]:
+    """The nat table: its chains, and its rules as `iptables-save` argument lists
+    (`-A CHAIN ...`)."""
+    if not shutil.which(f"{_iptables(family)}-save"):
+        return set(), []
+    text = run([f"{_iptables(family)}-save", "-t", "nat"], check=False)
+    chains = {line[1:].split(" ", 1)[0] for line in text.splitlines() if line.startswith(":")}
+    return chains, [shlex.split(line) for line in text.splitlines() if line.startswith("-A ")]
 
 
 def iptables_rules(family: str) -> list[list[str]]:
     """The nat table's rules as `iptables-save` argument lists (`-A CHAIN ...`)."""
-    if not shutil.which(f"{_iptables(family)}-save"):
-        return []
-    text = run([f"{_iptables(family)}-save", "-t", "nat"], check=False)
-    return [shlex.split(line) for line in text.splitlines() if line.startswith("-A ")]
+    return iptables_save(family)[1]
 
 
 def _iptables_remove_chain(family: str, chain: str, rules: list[list[str]]) -> None:
@@ -172,9 +206,8 @@ def masquerade_del(network: str, container_id: str, ifname: str) -> None:
     """Remove the attachment's masquerade rules from both backends; none is fine."""
     chain = chain_name(network, container_id)
     for family in ("4", "6"):
-        rules = iptables_rules(family)
-        if any(rule[1] == chain for rule in rules) or any(
-                rule[-2:] == ["-j", chain] for rule in rules):
+        chains, rules = iptables_save(family)
+        if chain in chains or any(rule[-2:] == ["-j", chain] for rule in rules):
             _iptables_remove_chain(family, chain, rules)
     comment = nft_comment(network, container_id, ifname)
     nft_delete_handles("inet", NFT_TABLE, "postrouting",

@@ -11,6 +11,8 @@ import fcntl
 import socket
 import struct
 
+from pycni import faults
+
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCGIFCONF = 0x8912
@@ -44,6 +46,7 @@ def set_up(name: str, up: bool = True) -> None:
     wanted = current | IFF_UP if up else current & ~IFF_UP
     if wanted != current:
         _ioctl(SIOCSIFFLAGS, name, struct.pack("H", wanted))
+        faults.point(f"flags {name}")
 
 
 def ipv4_addresses(name: str) -> list[str]:

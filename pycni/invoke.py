@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Mapping
 
+from pycni import faults
 from pycni.errors import CNIError, DecodeFailure, InvalidConfig
 from pycni.errors import from_dict as error_from_dict
 
@@ -101,6 +102,7 @@ def delegate(command: str, plugin_type: str, stdin_data: bytes, environ: Mapping
     env["CNI_COMMAND"] = command
     env.update(overrides)
     status, stdout = executor.run(binary, stdin_data, env)
+    faults.point(f"delegate {command} {plugin_type}")
     output: object = None
     if stdout.strip():
         try:

@@ -7,9 +7,10 @@ directory (`..`, `/`, NUL) or hide (leading dot).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
+from pycni import faults
 from pycni.errors import CNIError, InvalidConfig, IOFailure
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
@@ -29,21 +30,71 @@ def check_key(key: str, what: str = "key") -> str:
     return key
 
 
+def make_dirs(directory: str, mode: int = 0o700, parents: int | None = None) -> list[str]:
+    """Create `directory` (`mode`) and its missing parents (`parents`, default `mode`), exactly
+    so whatever the umask: os.makedirs gives the parents 0777 less the umask (world-writable
+    under umask 0) and only the leaf the mode asked. OSError as os.mkdir raises it.
+
+    Returns the directories this call created, outermost first (for `remove_dirs`)."""
+    if not directory or os.path.isdir(directory):
+        return []
+    created = make_dirs(os.path.dirname(directory.rstrip(os.sep)),
+                        mode if parents is None else parents)
+    try:
+        os.mkdir(directory, mode)
+    except FileExistsError:
+        return created
+    os.chmod(directory, mode)  # the umask may have taken bits `mode` asks for
+    created.append(directory)
+    return created
+
+
+def remove_dirs(created: list[str]) -> None:
+    """Undo `make_dirs` after a failure: remove the directories it created, innermost first,
+    as long as they are empty (another process may have put something there since)."""
+    for directory in reversed(created):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+
+
 @contextmanager
-def flock(path: str) -> Iterator[None]:
+def flock(path: str, recreate: Callable[[], object] | None = None) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created 0600 if absent), released if the process
-    dies; IOFailure when it cannot be opened."""
+    dies; IOFailure when it cannot be opened. `recreate` makes the lock's directory again
+    when it is gone (another process removed it empty after a failure, `remove_dirs`).
+
+    The holder may remove the lock file when it is done with what it guards (e.g. the last
+    state of a container): a process that waited on the removed file sees that the file it
+    locked is no longer the one at `path` and locks again.
+    """
     import fcntl
 
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise IOFailure(f"failed to open lock {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            if recreate is None:
+                raise IOFailure(f"failed to open lock {path}: its directory is gone") from None
+            recreate()
+            recreate = None  # once: a directory that keeps vanishing is an error
+            continue
+        except OSError as exc:
+            raise IOFailure(f"failed to open lock {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (
+                    held.st_dev, held.st_ino):
+                yield
+                return
+        finally:
+            os.close(fd)  # closing releases the flock
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600, exclusive: bool = False,
@@ -91,8 +142,16 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600, exclusive: bool = Fa
     return True
 
 
+def _only_lock(directory: str) -> bool:
+    try:
+        return os.listdir(directory) == [LOCK_NAME]
+    except OSError:
+        return False
+
+
 class Store:
-    """Files under `<root>/<network>/`, guarded by `<root>/<network>/lock`.
+    """Files under `<root>/<network>/`, guarded by `<root>/<network>/lock`; directories the
+    store creates are 0700 and its files 0600 unless the caller asks otherwise.
 
     What plugins keep here describes attachments of the current boot (a power loss ends
     them all; host-local reclaims an earlier boot's addresses), so a write that a power loss
@@ -103,17 +162,19 @@ class Store:
     def __init__(self, root: str, network: str, mode: int = 0o600) -> None:
         self.directory = os.path.join(root, check_key(network, "network name"))
         self.mode = mode
+        self.created: list[str] = []  # directories this instance made, for `discard`
 
     def subdir(self, name: str) -> Store:
         """A store in a subdirectory chosen by the code (e.g. hidden metadata), under the
         parent's lock."""
         child = Store.__new__(Store)
         child.directory, child.mode = os.path.join(self.directory, name), self.mode
+        child.created = []
         return child
 
     def _ensure(self) -> None:
         try:
-            os.makedirs(self.directory, mode=0o755, exist_ok=True)
+            self.created += make_dirs(self.directory)
         except OSError as exc:
             raise IOFailure(f"failed to create {self.directory}: {exc.strerror}") from None
         if not os.path.isdir(self.directory):
@@ -121,10 +182,20 @@ class Store:
 
     @contextmanager
     def locked(self) -> Iterator[Store]:
-        """Hold the network's lock (an flock, released if the process dies)."""
+        """Hold the network's lock (an flock, released if the process dies). When what ran
+        under it failed and this call made the directory, holding nothing but the lock, the
+        lock and the directory go: a failed first use of a network leaves the node as it was."""
         self._ensure()
-        with flock(os.path.join(self.directory, LOCK_NAME)):
-            yield self
+        lock = os.path.join(self.directory, LOCK_NAME)
+        with flock(lock, recreate=self._ensure):
+            try:
+                yield self
+            except BaseException:
+                if self.created and _only_lock(self.directory):
+                    with suppress(OSError):
+                        os.unlink(lock)
+                    remove_dirs(self.created)
+                raise
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, check_key(key))
@@ -132,11 +203,15 @@ class Store:
     def write(self, key: str, data: bytes) -> None:
         self._ensure()
         write_atomic(self.path(key), data, self.mode, durable=False)
+        faults.point(f"store write {key}")
 
     def create(self, key: str, data: bytes) -> bool:
         """Write `key` only if it does not exist; False if it did."""
         self._ensure()
-        return write_atomic(self.path(key), data, self.mode, exclusive=True, durable=False)
+        created = write_atomic(self.path(key), data, self.mode, exclusive=True, durable=False)
+        if created:
+            faults.point(f"store create {key}")
+        return created
 
     def read(self, key: str) -> bytes | None:
         try:
@@ -166,11 +241,18 @@ class Store:
     def delete(self, key: str) -> bool:
         try:
             os.unlink(self.path(key))
-            return True
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise IOFailure(f"failed to remove {self.path(key)}: {exc.strerror}") from None
+        faults.point(f"store delete {key}")
+        return True
+
+    def discard(self, key: str) -> None:
+        """Undo a failed operation's `write(key)`: the file, and the directories the write
+        created if they are empty again."""
+        self.delete(key)
+        remove_dirs(self.created)
 
     def names(self) -> list[str]:
         try:

@@ -215,5 +215,5 @@ def check_start(args: CmdArgs, conf: SubLinkConf) -> Result:
     to_ipam("CHECK", args, conf)
     prev = args.prev_result
     if prev is None:
-        raise CNIError("required prevResult missing")
+        raise InvalidConfig("required prevResult missing: CHECK needs the result of ADD")
     return prev

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pycni import faults
 from pycni.errors import CNIError
 
 
@@ -25,6 +26,7 @@ def read(key: str) -> str:
 def write(key: str, value: str) -> None:
     with open(path(key), "w") as f:
         f.write(value)
+    faults.point(f"sysctl {key}")
 
 
 def write_quietly(key: str, value: str) -> bool:

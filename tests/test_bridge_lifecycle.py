@@ -95,7 +95,7 @@ def test_check_reports_what_is_missing(node: Node) -> None:
     pod = node.pod()
     result = node.add(conf, pod)
     node.check(conf, result, pod).ok()
-    error = node.run("CHECK", conf, pod).error(999)
+    error = node.run("CHECK", conf, pod).error(7)
     assert "prevResult" in error["msg"]
 
     pod.run("ip", "route", "del", "default")

@@ -399,7 +399,7 @@ def test_check_finds_what_changed(business: Business) -> None:
     conf = business.conf()
     pod = business.pod()
     result = business.add(conf, pod)
-    business.run("CHECK", conf, pod).error(999)  # no prevResult
+    business.run("CHECK", conf, pod).error(7)  # no prevResult: a config the runtime got wrong
     other_mode = business.check({**conf, "mode": "private"}, result, pod).error(999)
     assert "mode" in other_mode["msg"]
     pod.run("ip", "addr", "del", FIRST, "dev", "net1")

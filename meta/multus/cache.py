@@ -16,12 +16,11 @@ import os
 from pycni.meta.multus.delegates import Attachment
 
 from pycni.errors import InvalidConfig
-from pycni.store import check_key, flock, write_atomic
+from pycni.store import check_key, flock, make_dirs, remove_dirs, write_atomic
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from contextlib import AbstractContextManager
 
     from pycni.result import Json
 
@@ -85,17 +84,42 @@ def path(cni_dir: str, container_id: str, ifname: str) -> str:
     return os.path.join(cni_dir, key(container_id, ifname))
 
 
-def locked(cni_dir: str, container_id: str) -> AbstractContextManager[None]:
-    """One container at a time (the runtime promises it; the hot-plug command does not)."""
-    _ensure(cni_dir)
-    return flock(os.path.join(cni_dir, f"{LOCK_NAME}.{check_key(container_id)}"))
+@contextlib.contextmanager
+def locked(cni_dir: str, container_id: str) -> Iterator[None]:
+    """One container at a time (the runtime promises it; the hot-plug command does not).
+
+    The lock file lives as long as the container has a cache: whatever happened under the
+    lock, the holder removes the file on its way out when no cache of the container is left
+    (DEL of its last attachment, a failed ADD, a DEL with nothing cached), so a node does not
+    keep one file per pod it ever ran. A process waiting on the removed file locks the new
+    one (`pycni.store.flock`). A cache directory this call created goes too when it is
+    left empty (a failed first ADD or DEL on a node changes nothing)."""
+    created = _ensure(cni_dir)
+    lock = os.path.join(cni_dir, f"{LOCK_NAME}.{check_key(container_id)}")
+    with flock(lock, recreate=lambda: _ensure(cni_dir)):
+        try:
+            yield
+        finally:
+            if not _has_cache(cni_dir, container_id):
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+                remove_dirs(created)
 
 
-def _ensure(cni_dir: str) -> None:
+def _has_cache(cni_dir: str, container_id: str) -> bool:
+    prefix = f"{container_id}:"
+    try:
+        with os.scandir(cni_dir) as entries:
+            return any(entry.name.startswith(prefix) for entry in entries)
+    except OSError:
+        return True  # cannot tell: keep the lock file, GC removes it
+
+
+def _ensure(cni_dir: str) -> list[str]:
     from pycni.errors import IOFailure
 
     try:
-        os.makedirs(cni_dir, mode=0o700, exist_ok=True)
+        return make_dirs(cni_dir)
     except OSError as exc:
         raise IOFailure(f"failed to create {cni_dir}: {exc.strerror}") from None
 
@@ -124,15 +148,15 @@ def load(cni_dir: str, container_id: str, ifname: str) -> PodCache | None:
 
 
 def remove(cni_dir: str, container_id: str, ifname: str) -> None:
-    """Forget the attachment. Its lock file stays (another process may wait on it); GC
-    removes the lock files of containers without caches."""
+    """Forget the attachment (under `locked`, which then removes the container's lock file
+    if this was its last cache)."""
     with contextlib.suppress(FileNotFoundError, InvalidConfig):
         os.unlink(path(cni_dir, container_id, ifname))
 
 
 def remove_stale_locks(cni_dir: str, live: set[str]) -> None:
-    """Lock files of containers that have no cache any more (GC is never concurrent with
-    ADD or DEL)."""
+    """Lock files of containers that have no cache any more, e.g. left by a process killed
+    under the lock (GC is never concurrent with ADD or DEL)."""
     try:
         entries = os.listdir(cni_dir)
     except FileNotFoundError:

@@ -239,7 +239,7 @@ def cmd_add(args: CmdArgs) -> Result:
     store, key = Store(conf.data_dir, conf.name), saved_key(args)
     with ExitStack() as undo:
         store.write(key, data)
-        undo.callback(store.delete, key)
+        undo.callback(store.discard, key)
         output = invoke.delegate("ADD", delegate_type, data, args.environ, args.path)
         undo.callback(_undo_add, delegate_type, data, args)
         result = Result.from_dict(output)
