@@ -318,7 +318,7 @@ def cmd_check(args: CmdArgs) -> None:
         ipam_delegate.forward("CHECK", conf.ipam_type, args)
     prev = args.prev_result
     if prev is None:
-        raise CNIError("required prevResult missing")
+        raise InvalidConfig("required prevResult missing: CHECK needs the result of ADD")
     pod_entry = next((i for i in prev.interfaces
                       if i.name == args.ifname and i.sandbox == args.netns), None)
     if pod_entry is None:

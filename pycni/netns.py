@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pycni import faults
 from pycni.errors import InvalidEnvironment, OwnNamespace, UnknownContainer
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
@@ -17,8 +18,19 @@ CLONE_NEWNS = 0x00020000  # mount namespace
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: which kind of namespace it is
 
 
+INIT_PATH = "/proc/1/ns/net"  # the namespace of the machine's (or PID namespace's) init
+
+
 def own_path() -> str:
     return "/proc/thread-self/ns/net"
+
+
+def _same_file(found: os.stat_result, path: str) -> bool:
+    try:
+        other = os.stat(path)
+    except OSError:  # e.g. /proc/1 not visible in this PID namespace
+        return False
+    return (found.st_dev, found.st_ino) == (other.st_dev, other.st_ino)
 
 
 def exists(path: str) -> bool:
@@ -26,7 +38,8 @@ def exists(path: str) -> bool:
 
 
 def validate(path: str, missing_ok: bool = False) -> bool:
-    """Check that `path` is a network namespace other than ours. False if missing and allowed."""
+    """Check that `path` is a network namespace, neither ours nor the initial one (the node's
+    own, wherever the plugin runs). False if missing and allowed."""
     import fcntl
 
     try:
@@ -44,10 +57,14 @@ def validate(path: str, missing_ok: bool = False) -> bool:
             kind = None
         if kind != CLONE_NEWNET:
             raise InvalidEnvironment(f"CNI_NETNS {path!r} is not a network namespace")
-        given, own = os.fstat(fd), os.stat(own_path())
-        if (given.st_dev, given.st_ino) == (own.st_dev, own.st_ino):
+        given = os.fstat(fd)
+        if _same_file(given, own_path()):
             raise OwnNamespace(f"CNI_NETNS {path!r} is the plugin's own network namespace",
                                "refusing to configure the node's namespace as a pod's")
+        if _same_file(given, INIT_PATH):  # the plugin may run elsewhere (a test's node)
+            raise OwnNamespace(f"CNI_NETNS {path!r} is the machine's initial network "
+                               "namespace", "refusing to configure the node's namespace as a "
+                               "pod's")
     finally:
         os.close(fd)
     return True
@@ -128,6 +145,8 @@ def ipr(path: str | None = None) -> IPRoute:
     """
     from pyroute2 import IPRoute
 
+    if faults.active():
+        IPRoute = faults.netlink_class(IPRoute)  # noqa: N806 - the class, swapped
     if path is None:
         return IPRoute()
     try:

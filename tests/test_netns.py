@@ -10,7 +10,7 @@ import pytest
 
 from pycni import ifflags, netns
 from pycni.errors import InvalidEnvironment, OwnNamespace, UnknownContainer
-from tests.conftest import Netns
+from tests.conftest import PYCNI, Netns, cni_env, run_exec
 
 
 def inode(path: str) -> int:
@@ -38,6 +38,24 @@ def test_validate_not_a_netns(tmp_path: Path) -> None:
 def test_validate_refuses_own_namespace() -> None:
     with pytest.raises(OwnNamespace):
         netns.validate("/proc/self/ns/net")
+
+
+def test_a_plugin_on_another_node_namespace_refuses_the_initial_one(host_ns: Netns) -> None:
+    """Run from a sandbox node, a plugin given the machine's own namespace (init's) refuses it
+    before doing anything: code 8, or 4 where this kernel denies opening init's namespace."""
+    conf = {"cniVersion": "1.0.0", "name": "lo-net", "type": "loopback"}
+    for command in ("ADD", "CHECK", "DEL"):
+        run = run_exec([*PYCNI, "loopback"], cni_env(command, netns="/proc/1/ns/net"), conf,
+                       in_ns=host_ns)
+        assert run.status == 1, run
+        assert run.json()["code"] in (4, 8), run
+
+
+def test_validate_refuses_the_initial_namespace(pod_ns: Netns,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns, "INIT_PATH", pod_ns.path)  # as if the pod's were init's
+    with pytest.raises(OwnNamespace, match="the machine's initial network namespace"):
+        netns.validate(pod_ns.path)
 
 
 def test_entered_switches_and_restores(pod_ns: Netns) -> None:

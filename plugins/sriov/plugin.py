@@ -174,7 +174,7 @@ class State:
         """Hold the VF's own lock: one ADD, DEL or GC works on a VF at a time."""
         lock = f"{self.vfs.path(address)}.lock"
         try:
-            os.makedirs(self.vfs.directory, mode=0o755, exist_ok=True)
+            store.make_dirs(self.vfs.directory)
         except OSError as exc:
             raise IOFailure(f"failed to create {self.vfs.directory}: {exc.strerror}") from None
         with store.flock(lock):
@@ -411,7 +411,7 @@ def cmd_check(args: CmdArgs) -> None:
         ipam_delegate.forward("CHECK", conf.ipam_type, args)
     prev = args.prev_result
     if prev is None:
-        raise CNIError("required prevResult missing")
+        raise InvalidConfig("required prevResult missing: CHECK needs the result of ADD")
     state, key = State(args, conf), device.attachment_key(args.container_id, args.ifname)
     pointer = state.attachment(key)
     marker = state.marker(str(pointer["pciAddress"])) if pointer else None
