@@ -97,8 +97,10 @@ class Server:
         import signal
         import socket
 
+        from pycni.store import make_dirs
+
         directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_dirs(directory)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a socket left by a server that died

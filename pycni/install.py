@@ -13,7 +13,8 @@ processes still running it.
 `pycni install-conf --conf SRC --to /host/etc/cni/net.d/NAME` (a container beside the node
 agent), in this order:
 1. wait until `--wait-for` exists (the agent's subnet file), polling, at most `--timeout`;
-2. write `--kubeconfig` (0600) from the service account token and CA, for the meta plugin;
+2. write `--kubeconfig` (0600; a directory made for it 0700) from the service account token
+   and CA, for the meta plugin;
 3. last, write DEST (0644): SRC's bytes once they parse as a network configuration. Runtimes
    take the first config in net.d as "the network is ready", so it appears only when
    everything it needs is there. Every write is atomic (a temporary name in the same
@@ -393,7 +394,7 @@ class _ConfInstaller:
         import time
 
         data, token = self._render_kubeconfig()
-        os.makedirs(os.path.dirname(self.kubeconfig) or ".", mode=0o755, exist_ok=True)
+        _make_dirs(os.path.dirname(self.kubeconfig), 0o700)  # it holds a credential
         _write(self.kubeconfig, data, 0o600)
         self.kube_written = data
         delay = refresh_delay(token, time.time(), self.refresh_interval)
@@ -405,7 +406,7 @@ class _ConfInstaller:
         _log(f"wrote {self.kubeconfig} ({reason}; next refresh in {delay:.0f}s at the latest)")
 
     def _write_conf(self, data: bytes, reason: str) -> None:
-        os.makedirs(os.path.dirname(self.dest) or ".", mode=0o755, exist_ok=True)
+        _make_dirs(os.path.dirname(self.dest), 0o755)
         _write(self.dest, data, 0o644)
         self.conf_written = data
         _log(f"wrote {self.dest} ({reason})")
@@ -432,6 +433,16 @@ def _read_bytes(path: str) -> bytes | None:
             return f.read()
     except OSError:
         return None
+
+
+def _make_dirs(directory: str, mode: int) -> None:
+    """`directory` with `mode`, its missing parents 0755, whatever the umask."""
+    from pycni.store import make_dirs
+
+    try:
+        make_dirs(directory, mode, parents=0o755)
+    except OSError as exc:
+        raise InstallError(f"failed to create {directory}: {exc.strerror}") from None
 
 
 def _write(path: str, data: bytes, mode: int) -> None:

@@ -140,10 +140,10 @@ def test_legacy_keys_add_check_del_every_version(version: str, data_dir: Path) -
     assert (net_dir / "lock").is_file()
     assert sorted(p.name for p in net_dir.iterdir()) == [
         ".meta", "10.1.0.2", "last_reserved_ip.0", "lock"]
-    umask = os.umask(0)
-    os.umask(umask)
-    for name in ("10.1.0.2", "last_reserved_ip.0", ".meta/10.1.0.2"):  # as the reference
-        assert (net_dir / name).stat().st_mode & 0o777 == 0o644 & ~umask, name
+    for name in ("10.1.0.2", "last_reserved_ip.0", ".meta/10.1.0.2"):  # root's only
+        assert (net_dir / name).stat().st_mode & 0o777 == 0o600, name
+    for directory in (net_dir, net_dir / ".meta"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
 
     check = run("CHECK", conf)
     if spec.at_least(version, "0.4.0"):

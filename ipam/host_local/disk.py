@@ -128,7 +128,7 @@ class Allocations:
     """The network's allocation files. Use under `store.locked()`."""
 
     def __init__(self, data_dir: str, network: str) -> None:
-        self.store = Store(data_dir, network, mode=0o644)
+        self.store = Store(data_dir, network)
         self.meta = self.store.subdir(META_DIR)
 
     def scan(self) -> dict[Address, Allocation]:

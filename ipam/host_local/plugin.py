@@ -10,6 +10,7 @@ out, and by GC; STATUS reports an exhausted range or an unwritable data director
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from typing import Any
 
@@ -268,9 +269,11 @@ def cmd_del(args: CmdArgs) -> None:
 def cmd_check(args: CmdArgs) -> None:
     conf = load_conf(args)
     allocations = Allocations(conf.data_dir, conf.name)
-    with allocations.store.locked():
-        mine = [a for a in allocations.scan().values()
-                if a.owned_by(args.container_id, args.ifname)]
+    mine: list[Allocation] = []
+    if os.path.isdir(allocations.store.directory):  # CHECK never creates the network's files
+        with allocations.store.locked():
+            mine = [a for a in allocations.scan().values()
+                    if a.owned_by(args.container_id, args.ifname)]
     for index, range_set in enumerate(conf.range_sets):
         if not any(range_set.range_for(a.address) for a in mine):
             raise CNIError(f"host-local: no address of range set {index} ({range_set}) is "
@@ -304,8 +307,8 @@ def cmd_gc(args: CmdArgs) -> None:
     keep = valid_attachments(args)
     allocations = Allocations(ipam.data_dir or DEFAULT_DATA_DIR, net.name)
     with allocations.store.locked():
-        # An attachment re-established since the reboot carries this boot (see `allocate`);
-        # one from an earlier boot lost its namespace with the reboot, listed or not.
+        # The runtime's list decides: after a reboot it lists none of the earlier boot's
+        # attachments, so GC frees them; one it still lists is in use, whatever its boot.
         collect(allocations, keep, earlier_boots=True)
 
 

@@ -68,10 +68,15 @@ class KubeSource(Source):
             kube: Any = kubernetes
             configuration = kube.client.Configuration()
             try:
+                # this file only (never KUBECONFIG or ~/.kube/config), and never written back
                 kube.config.load_kube_config(config_file=self.kubeconfig,
-                                             client_configuration=configuration)
+                                             client_configuration=configuration,
+                                             persist_config=False)
             except Exception as exc:  # noqa: BLE001 - the client raises many kinds here
-                raise InvalidConfig(f"cannot use kubeconfig {self.kubeconfig}: {exc}") from None
+                from pycni.log import redact
+
+                raise InvalidConfig(f"cannot use kubeconfig {self.kubeconfig}: "
+                                    f"{redact(str(exc))}") from None
             configuration.retries = 1
             self._client = kube.client.ApiClient(configuration)
         return self._client
@@ -87,8 +92,10 @@ class KubeSource(Source):
                 return None
             raise CNIError(f"Kubernetes API: {what}: {exc.status} {exc.reason}") from None
         except Exception as exc:  # noqa: BLE001 - urllib3 and socket errors alike
-            raise TryAgainLater(f"Kubernetes API unreachable ({what}): "
-                                f"{str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+            from pycni.log import redact
+
+            reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise TryAgainLater(f"Kubernetes API unreachable ({what}): {redact(reason)}") from None
 
     def pod(self, namespace: str, name: str) -> Json | None:
         import kubernetes.client

@@ -41,7 +41,7 @@ from pycni.plugins.flannel.store.base import (
 
 from pycni import log
 from pycni.errors import IOFailure
-from pycni.store import flock, write_atomic
+from pycni.store import flock, make_dirs, write_atomic
 
 POLL_INTERVAL = 0.1
 CONFIG_NAME = "config"
@@ -120,7 +120,7 @@ class FileStore(SubnetStore):
 
     def _make_dirs(self) -> None:
         try:
-            os.makedirs(self.subnets_dir, mode=0o700, exist_ok=True)
+            make_dirs(self.subnets_dir)
         except OSError as exc:
             raise StoreError(f"failed to create {self.subnets_dir}: {exc.strerror}") from None
 
