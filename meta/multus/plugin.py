@@ -432,8 +432,10 @@ def cmd_check(args: CmdArgs) -> None:
     try:
         record = cache.load(conf.cni_dir, args.container_id, args.ifname)
     except cache.CorruptCache as exc:
-        raise CNIError(f"multus: cache of {args.container_id} ({args.ifname}) is corrupt: "
-                       f"{exc}") from None
+        where = cache.path(conf.cni_dir, args.container_id, args.ifname)
+        raise CNIError(f"multus: cache {where} of container {args.container_id!r} interface "
+                       f"{args.ifname!r} is corrupt ({exc}): DEL and ADD the pod again"
+                       ) from None
     if record is None:
         raise CNIError(f"multus: no cache for container {args.container_id!r} interface "
                        f"{args.ifname!r}: was ADD run with this cniDir?")
@@ -446,18 +448,36 @@ def cmd_check(args: CmdArgs) -> None:
                             code=err.code) from None
 
 
+def configured_networks(conf: MultusConf, source: definitions.Source) -> list[Attachment]:
+    """The networks every pod outside the system namespaces gets: the cluster network, the
+    other `delegates` and `defaultNetworks`."""
+    pod = Pod("", "", "")
+    if conf.cluster_network:
+        name, found = _named_network(conf, source, pod, conf.cluster_network)
+        networks = [Attachment(name, "", found, cluster=True)]
+    else:
+        networks = [Attachment("", "", conf.delegates[0], cluster=True)]
+    networks += [Attachment("", "", extra) for extra in conf.delegates[1:]]
+    for reference in conf.default_networks:
+        name, found = _named_network(conf, source, pod, reference)
+        networks.append(Attachment(name, "", found))
+    return networks
+
+
 def cmd_status(args: CmdArgs) -> None:
+    """The readiness file, then STATUS of every configured network: ADD needs them all."""
     conf = load_conf(args)
     check_readiness(conf, NotReady)
     environ, path = delegate_environ(conf, args)
-    pod = Pod("", "", "")
-    if conf.cluster_network:
-        source = definitions.open_source(conf.conf_dir, conf.kubeconfig)
-        name, found = _named_network(conf, source, pod, conf.cluster_network)
-        cluster = Attachment(name, "", found, cluster=True)
-    else:
-        cluster = Attachment("", "", conf.delegates[0], cluster=True)
-    delegates.status(cluster, environ, path)
+    needs_api = conf.cluster_network or conf.default_networks
+    source = (definitions.open_source(conf.conf_dir, conf.kubeconfig) if needs_api
+              else definitions.Source(conf.conf_dir))
+    for network in configured_networks(conf, source):
+        try:
+            delegates.status(network, environ, path)
+        except CNIError as err:
+            raise type(err)(f"multus: network {network.network}: {err.msg}", err.details,
+                            code=err.code) from None
 
 
 def _cached_environ(environ: dict[str, str], record: cache.PodCache) -> dict[str, str]:
@@ -472,6 +492,43 @@ def _cached_environ(environ: dict[str, str], record: cache.PodCache) -> dict[str
     return cached
 
 
+def _configured_offline(conf: MultusConf) -> list[Attachment]:
+    """The configured networks known without the API: `delegates`, and `clusterNetwork` and
+    `defaultNetworks` given as paths or as files in confDir (a NAD only the API knows is
+    reached through the caches of the pods on it)."""
+    found = [Attachment("", "", raw) for raw in conf.delegates]
+    source = definitions.Source(conf.conf_dir)
+    for reference in filter(None, [conf.cluster_network, *conf.default_networks]):
+        try:
+            found.append(Attachment("", "", _named_network(conf, source, Pod("", "", ""),
+                                                          reference)[1]))
+        except CNIError:
+            continue
+    return found
+
+
+def _delete_corrupt(conf: MultusConf, args: CmdArgs, environ: dict[str, str],
+                    path: list[str], container_id: str, ifname: str) -> bool:
+    """What DEL does with a corrupt cache, for GC: the networks known without the API (the
+    cluster network at least) DEL'd in the attachment's names, then the file removed; kept
+    for the next GC when the cluster network's DEL fails. The file name gives the container
+    and interface; the pod and its namespace are unknown."""
+    stale = CmdArgs("DEL", container_id, "", ifname, "", args.path, args.stdin_data, args.conf,
+                    args.cni_version, args.environ)
+    stale_environ = dict(environ)
+    stale_environ.update({"CNI_CONTAINERID": container_id, "CNI_IFNAME": ifname})
+    for unknown in ("CNI_NETNS", "CNI_ARGS"):
+        stale_environ.pop(unknown, None)
+    try:
+        _delete_without_cache(conf, stale, stale_environ, path, use_api=False)
+    except CNIError as err:
+        _warn("multus: GC: DEL of %s (%s) with a corrupt cache failed: %s", container_id,
+              ifname, err)
+        return False
+    cache.remove(conf.cni_dir, container_id, ifname)
+    return True
+
+
 def cmd_gc(args: CmdArgs) -> None:
     """Attachments the runtime no longer lists are DEL'd and forgotten; then GC goes to every
     delegate network with the attachments still live on it, in its own interface names."""
@@ -483,17 +540,27 @@ def cmd_gc(args: CmdArgs) -> None:
     networks: dict[str, Attachment] = {}
     live: dict[str, list[tuple[str, str]]] = {}
     live_containers: set[str] = set()
+    unreadable: list[tuple[str, str]] = []  # live attachments whose cache is corrupt
     for container_id, ifname in list(cache.names(conf.cni_dir)):
         try:
             record = cache.load(conf.cni_dir, container_id, ifname)
         except cache.CorruptCache as exc:
-            _warn("multus: GC: cache of %s (%s) is corrupt (%s): removed", container_id,
-                  ifname, exc)
-            cache.remove(conf.cni_dir, container_id, ifname)
+            if (container_id, ifname) in valid:
+                _warn("multus: GC: cache of live %s (%s) is corrupt (%s): kept for its DEL",
+                      container_id, ifname, exc)
+                unreadable.append((container_id, ifname))
+                live_containers.add(container_id)
+                continue
+            _warn("multus: GC: cache of %s (%s) is corrupt (%s): removed after a best-effort "
+                  "DEL of the cluster network", container_id, ifname, exc)
+            if not _delete_corrupt(conf, args, environ, path, container_id, ifname):
+                live_containers.add(container_id)
             continue
         if record is None:
             continue
         if (container_id, ifname) not in valid:
+            for attachment in record.attachments:  # GC'd below, with what is still live
+                networks.setdefault(attachment.network, attachment)
             try:
                 delete_attachments(conf, record, _cached_environ(environ, record), path)
             except CNIError as err:
@@ -504,12 +571,14 @@ def cmd_gc(args: CmdArgs) -> None:
         for attachment in record.attachments:
             networks.setdefault(attachment.network, attachment)
             live.setdefault(attachment.network, []).append((container_id, attachment.ifname))
-    for raw in conf.delegates:
-        configured = Attachment("", "", raw)
+    for configured in _configured_offline(conf):
         networks.setdefault(configured.network, configured)
     for network, attachment in networks.items():
+        # the networks of a live pod whose cache is corrupt are unknown: its runtime
+        # attachment (the cluster network's interface) is kept on every one
+        kept = [*live.get(network, []), *unreadable]
         try:
-            delegates.gc(attachment, live.get(network, []), environ, path)
+            delegates.gc(attachment, kept, environ, path)
         except CNIError as err:
             _warn("multus: GC of network %s failed: %s", network, err)
     cache.remove_stale_locks(conf.cni_dir, live_containers)

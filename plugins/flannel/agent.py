@@ -30,6 +30,7 @@ from pycni.plugins.flannel.store.base import (
 )
 
 from pycni import log as logs
+from pycni.errors import CNIError
 
 DEFAULT_STORE_DIR = "/var/lib/pycni/flannel"
 BRIDGE = "cni0"
@@ -305,6 +306,9 @@ def main(argv: list[str]) -> int:
     except (StoreError, underlay.UnderlayError, backends.BackendError,
             masquerade.FirewallError, OSError, ValueError) as exc:
         log.error("%s", exc)
+        return 1
+    except CNIError as exc:  # subnet.env could not be written (a full or read-only /run)
+        log.error("%s", exc.msg)
         return 1
     finally:
         store.close()
