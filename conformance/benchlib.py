@@ -242,6 +242,8 @@ class Sandbox:
             "NETCONFPATH": str(self.dir / "net.d"),
             "CNI_PATH": str(self.cni_path),
             "CNI_CACHE_DIR": str(self.dir / "cache"),
+            # host-device's records in the sandbox, not the machine's /var/lib/cni
+            "PYCNI_HOST_DEVICE_DATA_DIR": str(self.dir / "host-device"),
             "CNI_IFNAME": self.ifname,
             "CNI_CONTAINERID": container_id,
             # the daemon's socket, or none: a daemon running on this machine is not used
