@@ -39,7 +39,7 @@ from conformance.bridgelib import (
     bridge_conflist,
 )
 from conformance.conftest import DIST_BIN, CniTool, missing_build
-from conformance.kernelstate import aspect_params, differences
+from conformance.kernelstate import aspect_params, differences, version_params
 from tests.conftest import IS_ROOT, Netns, NetnsFactory, cni_env, run_exec
 
 pytestmark = [pytest.mark.conformance, pytest.mark.kernel]
@@ -358,7 +358,7 @@ def test_same_as_reference(runs: Runs, aspect: str, case: str, version: str) -> 
     assert not found, f"{aspect} of {case} at {version} differs:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 @pytest.mark.parametrize("case", list(CASES))
 def test_both_work(runs: Runs, case: str, version: str) -> None:
     """Not a comparison: ADD, CHECK, DEL and DEL again succeed on both sides (but the
@@ -371,7 +371,7 @@ def test_both_work(runs: Runs, case: str, version: str) -> None:
         assert run["del_again"][0] == 0, f"{side} second DEL failed: {run['del_again'][1]}"
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 @pytest.mark.parametrize("case", list(CASES))
 def test_plugin_output_same_as_reference(both_sides: None, netns_factory: NetnsFactory,
                                          scratch_dir: Path, case: str, version: str) -> None:
@@ -414,7 +414,7 @@ def without_empty_dns(result: dict[str, Any]) -> dict[str, Any]:
 
 # --- the deliberate differences (docs/differences.md) ----------------------------------------
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_l2_check(runs: Runs, version: str) -> None:
     """Without IPAM the reference's CHECK execs an IPAM plugin of no name and fails; ours
     checks the interfaces and succeeds."""
@@ -437,7 +437,7 @@ def test_veth_txqueuelen_is_the_kernel_default(runs: Runs, case: str) -> None:
         assert [port["link"]["qdisc"] for port in added["host"]["ports"]] == ["noqueue"], side
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_empty_dns_is_left_out(both_sides: None, netns_factory: NetnsFactory, scratch_dir: Path,
                                version: str) -> None:
     """host-local gives no DNS: the reference bridge prints `"dns": {}`, ours nothing."""

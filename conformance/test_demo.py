@@ -98,7 +98,9 @@ def assert_left_as_it_was(before: dict[str, str], token: str, output: str) -> No
         assert not Path(scratch).exists(), output
 
 
-@pytest.mark.parametrize("store", ["file", pytest.param("etcd", marks=needs_etcd)])
+# The etcd store and SIGTERM variants are `make stress`'s (each a whole demo, ~10 s).
+@pytest.mark.parametrize("store", [
+    "file", pytest.param("etcd", marks=[needs_etcd, pytest.mark.stress])])
 def test_demo_pings_shows_vxlan_and_leaves_nothing(built: None, store: str) -> None:
     before = root_state()
     process, token = start_demo("--store", store)
@@ -120,7 +122,7 @@ def test_demo_pings_shows_vxlan_and_leaves_nothing(built: None, store: str) -> N
     assert_left_as_it_was(before, token, output)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", pytest.param("sigterm", marks=pytest.mark.stress)])
 def test_interrupted_demo_tears_everything_down(built: None, how: str) -> None:
     """Ctrl-C reaches the demo and everything it started (its process group); SIGTERM only
     the demo, which must then stop its agents itself."""

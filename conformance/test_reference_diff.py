@@ -48,6 +48,7 @@ from conformance.kernelstate import (
     differences,
     settle_dad,
     snapshot,
+    version_params,
 )
 from tests.conftest import IS_ROOT, Netns, NetnsFactory, cni_env, run_exec
 
@@ -481,7 +482,7 @@ def test_same_as_reference(runs: Runs, aspect: str, case: str, version: str) -> 
     assert not found, f"{aspect} of {case} at {version} differs:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 @pytest.mark.parametrize("case", list(CASES))
 def test_both_work(runs: Runs, case: str, version: str) -> None:
     """Not a comparison: ADD, CHECK, DEL and DEL again succeed on both sides (but where the
@@ -516,7 +517,7 @@ def printed_output(case: str, version: str, side: str, add: Any) -> Any:
     return result
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 @pytest.mark.parametrize("case", list(CASES))
 def test_plugin_output_same_as_reference(runs: Runs, case: str, version: str) -> None:
     """What each plugin of the chain prints, exec'd directly (libcni not in between)."""
@@ -538,7 +539,7 @@ def test_plugin_output_same_as_reference(runs: Runs, case: str, version: str) ->
 
 # --- the deliberate differences (docs/differences.md) ----------------------------------------
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_bandwidth_result_is_passed_through(runs: Runs, version: str) -> None:
     """The reference's bandwidth appends its IFB to the result's interfaces; ours prints
     `prevResult` unchanged. The rest of the result is the same."""
@@ -552,7 +553,7 @@ def test_bandwidth_result_is_passed_through(runs: Runs, version: str) -> None:
     assert ifb["name"] in links  # ours has the same IFB, it is only not in the result
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_loopback_addresses_carry_their_version(runs: Runs, version: str) -> None:
     """Below 1.0.0 each `ips` entry needs `version` ("4" or "6"): ours gives it, the
     reference's loopback leaves it out (libcni then prints it empty)."""
@@ -569,7 +570,7 @@ def test_loopback_addresses_carry_their_version(runs: Runs, version: str) -> Non
     assert not differences(ours, reference)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_bandwidth_redirect_has_one_action(runs: Runs, version: str) -> None:
     """The reference's filter redirecting the pod's traffic to the IFB carries a second
     mirred action after the first (which steals every packet), so it never runs; ours has
@@ -587,7 +588,7 @@ def test_bandwidth_redirect_has_one_action(runs: Runs, version: str) -> None:
     assert len(dead) == 2 and "action order 2: mirred" in dead[0], dead
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_portmap_check(runs: Runs, version: str) -> None:
     """The reference's CHECK looks for IPv6 rules of an IPv4-only pod and fails; ours checks
     the pod's families and succeeds."""
@@ -597,7 +598,7 @@ def test_portmap_check(runs: Runs, version: str) -> None:
     assert both["ours"]["check"][0] == 0, both["ours"]["check"][1]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_host_device_del_again(runs: Runs, version: str) -> None:
     """A repeated DEL: the reference looks for CNI_IFNAME in the pod again and fails; ours
     succeeds."""
@@ -607,7 +608,7 @@ def test_host_device_del_again(runs: Runs, version: str) -> None:
     assert both["ours"]["del_again"][0] == 0, both["ours"]["del_again"][1]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_host_device_alias_restored(runs: Runs, version: str) -> None:
     """After DEL the reference leaves the device's name as its alias (it kept the name there
     while the device was in the pod); ours restores the alias the device had (none)."""
@@ -641,7 +642,7 @@ def test_txqueuelen_is_the_kernel_default(runs: Runs, case: str) -> None:
         assert qdisc == ({"noqueue"} if kind == "macvlan" else {"tbf"}), side
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_tuning_restores_sysctls(runs: Runs, version: str) -> None:
     """DEL: the reference leaves the namespace-wide sysctl tuning set; ours puts it back."""
     both = runs("tuning-macvlan", version)
@@ -653,7 +654,7 @@ def test_tuning_restores_sysctls(runs: Runs, version: str) -> None:
         assert run["deleted"]["pod"]["sysctls"]["core/somaxconn"] == after, side
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_portmap_del_creates_no_empty_table(runs: Runs, version: str) -> None:
     """The reference's DEL of an IPv4-only pod looks for its IPv6 rules and so creates the
     (empty) ip6tables `nat` table; ours leaves IPv6 alone. An empty table does nothing."""
@@ -665,7 +666,7 @@ def test_portmap_del_creates_no_empty_table(runs: Runs, version: str) -> None:
         assert both[side]["deleted"]["host"]["empty_tables"]["ip6tables"] == expected, side
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", version_params(VERSIONS))
 def test_ifb_alias_names_the_attachment(runs: Runs, version: str) -> None:
     """Our IFB carries `<containerID>/<ifname>` as its alias (GC finds the attachment by
     it); the reference's has none."""
