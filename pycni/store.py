@@ -185,16 +185,18 @@ class Store:
         """Hold the network's lock (an flock, released if the process dies). When what ran
         under it failed and this call made the directory, holding nothing but the lock, the
         lock and the directory go: a failed first use of a network leaves the node as it was."""
+        mark = len(self.created)
         self._ensure()
         lock = os.path.join(self.directory, LOCK_NAME)
         with flock(lock, recreate=self._ensure):
             try:
                 yield self
             except BaseException:
-                if self.created and _only_lock(self.directory):
+                made = self.created[mark:]  # by this call, not by an earlier one
+                if made and _only_lock(self.directory):
                     with suppress(OSError):
                         os.unlink(lock)
-                    remove_dirs(self.created)
+                    remove_dirs(made)
                 raise
 
     def path(self, key: str) -> str:

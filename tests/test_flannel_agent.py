@@ -240,6 +240,7 @@ def test_agent_exits_cleanly_on_sigterm_and_keeps_the_data_plane(make_cluster: A
     assert expect_vxlan_peers(first, [second])
 
 
+@pytest.mark.stress  # tests/test_outages.py stops and restarts etcd under agents in make test
 @needs_etcd
 def test_etcd_store_two_agents_renew_and_survive_an_etcd_restart(
         make_cluster: Any, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def fuzz_settings(examples: int) -> settings:
                     phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False)
 
 
-DEFAULT_RUN = fuzz_settings(400 if STRESS else 14)
+DEFAULT_RUN = fuzz_settings(400 if STRESS else 10)
 STRESS_RUN = fuzz_settings(400)
 
 KERNEL_LACKS = "this kernel has no"  # a plugin's message when a link kind is not built in

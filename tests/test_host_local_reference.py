@@ -249,7 +249,9 @@ def side_by_side(tmp_path: Path, ipam: dict[str, Any], steps: list[tuple[str, st
     return outcomes[0], outcomes[1], networks
 
 
-@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
+# 0.4.0's result is 0.3.1's plus CHECK: make stress compares it too.
+@pytest.mark.parametrize("version", ["0.3.1", pytest.param("0.4.0", marks=pytest.mark.stress),
+                                     "1.0.0"])
 @pytest.mark.parametrize("case", list(SIDE_BY_SIDE))
 def test_same_results_as_reference(tmp_path: Path, case: str, version: str) -> None:
     resolv_conf = tmp_path / "resolv.conf"

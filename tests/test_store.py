@@ -224,6 +224,20 @@ def test_lock_is_held_inside_and_released_after(store: Store) -> None:
     assert _try_flock(lock_path)  # released on an exception too
 
 
+def test_failed_first_use_leaves_no_directory(tmp_path: Path) -> None:
+    """A failure under the first lock of a network removes what that call made; a later
+    failure leaves the directory (and its lock) of the earlier, successful use."""
+    fresh = Store(str(tmp_path / "data"), "net1")
+    with pytest.raises(RuntimeError), fresh.locked():
+        raise RuntimeError("boom")
+    assert not (tmp_path / "data").exists()
+    with fresh.locked():
+        pass
+    with pytest.raises(RuntimeError), fresh.locked():
+        raise RuntimeError("boom")
+    assert sorted(os.listdir(tmp_path / "data" / "net1")) == [LOCK_NAME]
+
+
 def test_lock_and_hidden_files_are_not_keys(store: Store) -> None:
     with store.locked():
         store.write("10.0.0.2", b"x")
