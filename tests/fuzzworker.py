@@ -71,7 +71,9 @@ def seal() -> None:
         import importlib
 
         os.makedirs(repo)
-        _mount("--bind", f"/proc/{os.getpid()}/fd/{repo_fd}", repo)
+        # No canonicalizing: the magic link names the directory under the old /tmp, its path
+        # string the new, empty one.
+        _mount("--no-canonicalize", "--bind", f"/proc/{os.getpid()}/fd/{repo_fd}", repo)
         os.close(repo_fd)
         importlib.invalidate_caches()  # the import system saw /tmp empty a moment ago
     os.makedirs(NETNS_KEEP)
