@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pycni import config, firewall, ipam_delegate, link, netns, spec, sysctl
 from pycni.errors import CNIError, IncompatibleVersion, InvalidConfig
 from pycni.result import Interface, Result, Route
-from pycni.skel import CmdArgs, Plugin
+from pycni.skel import CmdArgs, Plugin, ifname_problem
 
 MAC = config.MAC
 
@@ -86,6 +86,10 @@ def trunk_vlans(trunk: list[VlanTrunk]) -> list[int]:
 
 def load_conf(args: CmdArgs) -> BridgeConf:
     conf = config.load(BridgeConf, args, MAC_SOURCES)
+    conf.bridge = conf.bridge or "cni0"  # as the reference: empty is the default
+    problem = ifname_problem(conf.bridge)
+    if problem:
+        raise InvalidConfig(f"invalid bridge name: {problem}")
     if not 0 <= conf.vlan <= 4094:
         raise InvalidConfig(f"invalid VLAN ID {conf.vlan} (must be between 0 and 4094)")
     trunk = conf.vlans  # validated here, whatever `vlan` holds

@@ -361,6 +361,9 @@ INVALID = [
     ({"disableContainerInterface": True}, "disableContainerInterface cannot be used with IPAM"),
     ({"ipMasq": True, "ipMasqBackend": "ebtables"}, "invalid ipMasqBackend"),
     ({"runtimeConfig": {"mac": "02:00:00:00:00"}}, "invalid MAC address"),
+    ({"bridge": "/var/lib/cni/../../etc"}, "invalid bridge name"),
+    ({"bridge": "br-0123456789abc"}, "too long"),
+    ({"bridge": "br 0"}, "contains / or : or whitespace"),
 ]
 
 
@@ -370,7 +373,7 @@ INVALID = [
 def test_invalid_config_is_refused_before_any_change(keys: dict[str, Any], message: str,
                                                      node: Node) -> None:
     pod = node.pod()
-    conf = node.conf(bridge="br-bad", isGateway=True, **keys)
+    conf = node.conf(**{"bridge": "br-bad", "isGateway": True, **keys})
     error = node.run("ADD", conf, pod).error(7)
     assert message in error["msg"]
     assert links(node.host) == ["lo"] and links(pod) == ["lo"]
