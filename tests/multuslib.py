@@ -17,9 +17,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import PYCNI, Netns, NetnsFactory, Outcome, cni_env
 from tests.kubeapi import KubeApiServer, write_kubeconfig
@@ -220,3 +223,15 @@ def assert_nothing_left(node: MultusNode) -> None:
                                                                   "cni0")] if any(
         link["ifname"] == "cni0" for link in node.host.ip_json("link")) else []
     assert bridge_ports == []
+
+
+@pytest.fixture(name="node")
+def multus_node(netns_factory: NetnsFactory, tmp_path: Path,
+                cni_bin: Path) -> Iterator[MultusNode]:
+    """A test's sandbox multus node, closed however the test ends: a test module imports
+    this to have it as its `node` fixture."""
+    built = MultusNode(netns_factory, tmp_path, cni_bin)
+    try:
+        yield built
+    finally:
+        built.close()

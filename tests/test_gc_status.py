@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,12 @@ import pytest
 
 from pycni import registry
 from tests.conftest import PYCNI, Netns, NetnsFactory, Outcome, cni_env, run_exec, run_in_process
-from tests.multuslib import SUBNET_ENV, MultusNode, interfaces
+from tests.multuslib import (
+    SUBNET_ENV,
+    MultusNode,
+    interfaces,
+    multus_node,  # noqa: F401 (the `node` fixture)
+)
 
 # --- refused below 1.1.0 ---------------------------------------------------------------------
 
@@ -145,15 +149,6 @@ def test_flannel_refuses_gc_without_the_runtimes_list(flannel: FlannelNode) -> N
 
 
 # --- multus ----------------------------------------------------------------------------------
-
-@pytest.fixture
-def node(netns_factory: NetnsFactory, tmp_path: Path, cni_bin: Path) -> Iterator[MultusNode]:
-    built = MultusNode(netns_factory, tmp_path, cni_bin)
-    try:
-        yield built
-    finally:
-        built.close()
-
 
 def multus_conf(node: MultusNode, *extra: dict[str, Any]) -> dict[str, Any]:
     """The seed config with every delegate at 1.1.0 (GC and STATUS exist from 1.1.0 on)."""

@@ -10,33 +10,22 @@ its stand-in here is a macvlan NAD named `storage-network` on `eth2`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import NetnsFactory
 from tests.multuslib import (
     STORAGE_SUBNET,
     MultusNode,
     assert_nothing_left,
     default_routes,
     interfaces,
+    multus_node,  # noqa: F401 (the `node` fixture)
     seed,
 )
 
 pytestmark = pytest.mark.kernel
 
 ANNOTATIONS = seed("pod-annotations.json")
-
-
-@pytest.fixture
-def node(netns_factory: NetnsFactory, tmp_path: Path, cni_bin: Path) -> Iterator[MultusNode]:
-    built = MultusNode(netns_factory, tmp_path, cni_bin)
-    try:
-        yield built
-    finally:
-        built.close()
 
 
 def test_cluster_network_from_the_seed_config(node: MultusNode) -> None:

@@ -10,34 +10,25 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pycni.meta.multus import cache
 
-from tests.conftest import Netns, NetnsFactory, Outcome
+from tests.conftest import Netns, Outcome
 from tests.multuslib import (
     STORAGE_SUBNET,
     MultusNode,
     assert_nothing_left,
     default_routes,
     interfaces,
+    multus_node,  # noqa: F401 (the `node` fixture)
     seed,
 )
 
 pytestmark = pytest.mark.kernel
 
 ANNOTATIONS = seed("pod-annotations.json")
-
-
-@pytest.fixture
-def node(netns_factory: NetnsFactory, tmp_path: Path, cni_bin: Path) -> Iterator[MultusNode]:
-    built = MultusNode(netns_factory, tmp_path, cni_bin)
-    try:
-        yield built
-    finally:
-        built.close()
 
 
 def test_hotplug_attach_and_detach(node: MultusNode) -> None:
