@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 DESTDIR ?=
+CC ?= cc
 SOURCES := $(shell find pycni plugins ipam meta -name '*.py') build/pycni.spec build/entry.py \
-	build/launcher.py
+	build/launcher.c build/launcher_table.py
 
 .PHONY: all venv stage build cnitool install test test-fast lint bench stress demo clean
 
@@ -29,12 +30,16 @@ build/stage/.staged: $(SOURCES)
 	find build/stage -name __pycache__ -prune -exec rm -rf {} +
 	touch $@
 
-# dist/bin: the onedir bundle plus one link per implemented CNI type (to its launcher, `cni`).
+# dist/bin: the onedir bundle (the frozen `pycni` and the native launcher `cni`, built from
+# build/launcher.c with the registry's VERSION answers compiled in) plus one link per
+# implemented CNI type (to the launcher).
 build: dist/bin/.built
 dist/bin/.built: build/stage/.staged | venv
 	rm -rf build/work
 	$(PYTHON) -m PyInstaller --noconfirm --log-level WARN --distpath build/work/dist \
 		--workpath build/work/tmp build/pycni.spec
+	PYTHONPATH=build/stage $(PYTHON) build/launcher_table.py > build/work/launcher_table.h
+	$(CC) -O2 -Wall -Wextra -Werror -Ibuild/work -o build/work/dist/pycni/cni build/launcher.c
 	rm -rf dist/bin && mkdir -p dist/bin
 	mv build/work/dist/pycni dist/bin/pycni.bundle
 	for type in $$(PYTHONPATH=build/stage $(PYTHON) -c \
@@ -58,7 +63,7 @@ test-fast: venv
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests -m 'not conformance and not stress'
 
 lint: venv stage
-	$(VENV)/bin/ruff check pycni plugins ipam meta tests conformance
+	$(VENV)/bin/ruff check pycni plugins ipam meta tests conformance build/launcher_table.py
 	cd build/stage && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml pycni
 
 bench: build cnitool

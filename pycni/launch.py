@@ -1,14 +1,12 @@
-"""The program behind `/opt/cni/bin/<type>`: the fast path of every plugin start.
+"""The client half of `pycni daemon`'s protocol, and the fast path of a plugin start.
 
-It answers VERSION from the registry, hands every other plugin start to `pycni daemon` when
-one listens (see `pycni.daemon`), and otherwise execs the full program (`pycni`, beside it in
-the bundle), which runs the plugin itself. Built as an executable of its own with only this
-module, the registry and the spec's version list in its archive: its start is the bundle's
-cheapest (no ctypes, no large module table to read).
-
-The client half of the server protocol lives here too: one request per connection, the
-caller's fds 0, 1 and 2 passed with SCM_RIGHTS beside a length-prefixed payload (see
-`encode`), answered by a 4-byte exit status. It imports only `_socket`.
+`/opt/cni/bin/<type>` links to the bundle's native launcher (`cni`, build/launcher.c), which
+answers VERSION, hands every other plugin start to `pycni daemon` when one listens, and
+otherwise execs the full program (`pycni`, beside it). The full program started as a type
+(`pycni <type>`, or exec'd by the launcher) goes through the same steps here before loading
+the plugin (`fast_path`). The launcher and this module speak one protocol: one request per
+connection, the caller's fds 0, 1 and 2 passed with SCM_RIGHTS beside a length-prefixed payload
+(see `encode`), answered by a 4-byte exit status. It imports only `_socket`.
 """
 
 from __future__ import annotations
@@ -22,8 +20,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run ti
 if TYPE_CHECKING:
     import _socket
 
-PROGRAM = "pycni"  # the full program, in the same directory as this one
-LAUNCHER = "cni"  # this program's name in the bundle
+PROGRAM = "pycni"  # the full program
+LAUNCHER = "cni"  # the native launcher beside it in the bundle (build/launcher.c)
 SOCKET_ENV = "PYCNI_DAEMON_SOCKET"
 DEFAULT_SOCKET = "/run/pycni/daemon.sock"
 # The server's answer when it will not run the request: the caller runs the plugin itself.
@@ -49,10 +47,14 @@ def forward(argv: list[str]) -> int | None:
             sock.connect(path)
         except OSError:
             return None  # no server (or a stale socket): run the plugin here
-        payload = encode(argv, os.environb, os.getcwdb())
+        request = encode(argv, os.environb, os.getcwdb())
+        request = len(request).to_bytes(4, "big") + request
         fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))  # C ints
-        sock.sendmsg([len(payload).to_bytes(4, "big") + payload],
-                     [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        try:
+            sent = sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            sock.sendall(request[sent:])  # the rest of a large environment
+        except OSError:
+            pass  # a server that refuses may answer and hang up before reading it all
         answer = _recv_exactly(sock, 4)
     except OSError:
         answer = b""
@@ -107,18 +109,6 @@ def fast_path(plugin_type: str, argv: list[str]) -> None:
     status = forward(argv)
     if status is not None:
         sys.exit(status)
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv if argv is None else argv
-    called_as = os.path.basename(argv[0])
-    if called_as in registry.PLUGINS:
-        fast_path(called_as, argv)
-    program = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), PROGRAM)
-    try:
-        os.execv(program, argv)
-    except OSError as exc:
-        os._exit(fail(f"cannot run {program}: {exc.strerror}"))
 
 
 def fail(message: str) -> int:
