@@ -66,7 +66,7 @@ def cmd_add(args: CmdArgs) -> Result:
             assert prev is not None
             assigned = prev
         sublink.take_addresses(result, assigned)
-        sublink.configure(args, result)
+        sublink.configure(pod, args, result)
         result.dns = conf.dns or {}
         undo.pop_all()
     return result

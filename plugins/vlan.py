@@ -48,7 +48,7 @@ def cmd_add(args: CmdArgs) -> Result:
         assigned = ipam_delegate.add(conf.ipam_type, args)
         undo.callback(ipam_delegate.delete, conf.ipam_type, args)
         sublink.take_addresses(result, assigned)
-        sublink.configure(args, result)
+        sublink.configure(pod, args, result)
         result.dns = conf.dns or {}
         undo.pop_all()
     return result

@@ -120,7 +120,7 @@ def create(home: IPRoute, pod: IPRoute, args: CmdArgs, master: link.Link, kind: 
     except Exception as exc:  # NetlinkError: the name is taken in the pod
         link.delete(pod, temporary)
         raise CNIError(f"failed to rename {kind} to {args.ifname!r}: {reason(exc)}") from None
-    return Interface(args.ifname, link.get(pod, created.index).mac, sandbox=args.netns)
+    return Interface(args.ifname, created.mac, sandbox=args.netns)  # a rename keeps the MAC
 
 
 def take_addresses(result: Result, assigned: Result) -> None:
@@ -132,10 +132,11 @@ def take_addresses(result: Result, assigned: Result) -> None:
     result.ips, result.routes = assigned.ips, assigned.routes
 
 
-def configure(args: CmdArgs, result: Result) -> None:
-    """Addresses, up, routes; up only for an L2 attachment. The kernel sends gratuitous ARP
-    and unsolicited NA when the link comes up with its addresses (arp_notify, ndisc_notify)."""
-    with netns.entered(args.netns), link.socket() as pod:
+def configure(pod: IPRoute, args: CmdArgs, result: Result) -> None:
+    """Addresses, up, routes through `pod` (the pod's socket); up only for an L2 attachment.
+    The kernel sends gratuitous ARP and unsolicited NA when the link comes up with its
+    addresses (arp_notify, ndisc_notify): the thread enters the pod for those sysctls."""
+    with netns.entered(args.netns):
         if not result.ips:
             found = link.find(pod, args.ifname)
             if found is None:
