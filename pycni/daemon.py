@@ -75,28 +75,21 @@ def warm_up() -> None:
     for name in WARM_MODULES:
         with contextlib.suppress(ImportError):  # an optional library missing from this build
             importlib.import_module(name)
-    warm_child()
+    warm_netlink()
     gc.collect()
     gc.freeze()
 
 
-def warm_child() -> None:
-    """In a spare, before it waits: the first netlink socket of a process costs ~2 ms more
-    than the next (the pages it touches are copied from the server's, per-process state is
-    set up); paid here, while the spare waits, not on the caller's path."""
+def warm_netlink() -> None:
+    """One netlink socket's life, reading only, in the server and in each spare before it
+    waits: pyroute2 builds its event loop machinery and compiles each message class's
+    attribute map at first use, and a process's first socket touches pages it then copies
+    from the server's. ~4 ms, paid off the caller's path instead of in its request."""
     import contextlib
 
-    with contextlib.suppress(Exception):  # an accelerator only
-        warm_netlink()
-
-
-def warm_netlink() -> None:
-    """One netlink socket's life in the server's namespace, reading only: pyroute2 builds
-    its event loop machinery and compiles each message class's attribute map at first use,
-    ~4 ms that every child would otherwise pay again on its first request."""
     from pycni import link
 
-    with link.socket() as ipr:
+    with contextlib.suppress(Exception), link.socket() as ipr:  # an accelerator only
         loopback = link.find(ipr, "lo")
         if loopback is not None:
             link.addresses(ipr, loopback.index)
@@ -229,7 +222,7 @@ class Server:
                 other.close()
                 if watch is not None:
                     os.close(watch)
-            warm_child()
+            warm_netlink()
             try:
                 _, fds, _, _ = socket.recv_fds(theirs, 16, 1)
             except OSError:
