@@ -58,11 +58,12 @@ struct buffer {
     size_t size, capacity;
 };
 
-static int append(struct buffer *buf, const char *part, int separate) {
-    size_t length = strlen(part) + (separate ? 1 : 0);
-    if (buf->size + length > buf->capacity) {
+/* `part` after a NUL separator (none before the first part; cwd, never empty, is first). */
+static int append(struct buffer *buf, const char *part) {
+    size_t length = strlen(part), needed = length + (buf->size > 0);
+    if (buf->size + needed > buf->capacity) {
         size_t capacity = buf->capacity ? buf->capacity : 4096;
-        while (buf->size + length > capacity)
+        while (buf->size + needed > capacity)
             capacity *= 2;
         char *grown = realloc(buf->data, capacity);
         if (!grown)
@@ -70,10 +71,10 @@ static int append(struct buffer *buf, const char *part, int separate) {
         buf->data = grown;
         buf->capacity = capacity;
     }
-    if (separate)
+    if (buf->size > 0)
         buf->data[buf->size++] = '\0';
-    memcpy(buf->data + buf->size, part, length - (separate ? 1 : 0));
-    buf->size += length - (separate ? 1 : 0);
+    memcpy(buf->data + buf->size, part, length);
+    buf->size += length;
     return 0;
 }
 
@@ -83,13 +84,13 @@ static int encode(struct buffer *buf, int argc, char **argv) {
     if (!getcwd(cwd, sizeof cwd))
         return -1;
     snprintf(count, sizeof count, "%d", argc);
-    if (append(buf, cwd, 0) || append(buf, count, 1))
+    if (append(buf, cwd) || append(buf, count))
         return -1;
     for (int i = 0; i < argc; i++)
-        if (append(buf, argv[i], 1))
+        if (append(buf, argv[i]))
             return -1;
     for (char **entry = environ; *entry; entry++)
-        if (append(buf, *entry, 1))
+        if (append(buf, *entry))
             return -1;
     return 0;
 }
